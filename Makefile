@@ -1,0 +1,48 @@
+# samcache: `make demo` runs the embedded demo end to end, `make test` runs the tests.
+# Both create .venv with python3 (>= 3.11) and install the package into it on first use.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: demo test lint dry-run report clean-demo help
+
+help:
+	@echo "make demo      run the whole pipeline on the embedded synthetic demo (CPU, minutes)"
+	@echo "make test      run the test suite (unit tests and one end-to-end demo run)"
+	@echo "make lint      ruff, snakefmt and snakemake --lint"
+	@echo "make dry-run   show the demo's plan without running it"
+	@echo "make report    snakemake --report of the demo's tables and plots"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "samcache needs Python >= 3.11; run make PYTHON=/path/to/python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile workflow/config/demo.yaml
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake --dry-run --configfile workflow/config/demo.yaml
+
+report: $(STAMP)
+	$(BIN)/snakemake --report results/report.html --configfile workflow/config/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakemake --lint --configfile workflow/config/demo.yaml
+
+clean-demo:
+	rm -rf data/stores/demo.zarr cache/features/demo cache/superpixels/demo results/runs/demo \
+	  results/tables/demo_* logs

@@ -1,0 +1,31 @@
+from pathlib import Path
+
+# samcache: frozen SAM features and SLIC superpixels computed once, many heads trained on top.
+#
+#   snakemake --cores all                                  # every table in `targets`
+#   snakemake --cores all results/tables/<name>.md         # one table and only the runs it needs
+#   snakemake -n results/tables/<name>.md                  # show the plan
+#   snakemake --cores all --configfile workflow/config/demo.yaml   # the embedded demo
+
+
+configfile: Path(workflow.basedir) / "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/superpixels.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_output(),
+
+
+rule caches:
+    """Only the feature and superpixel caches the target tables need (the GPU part)."""
+    input:
+        get_cache_outputs(),

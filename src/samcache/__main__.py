@@ -1,0 +1,5 @@
+import sys
+
+from samcache.cli import main
+
+sys.exit(main())

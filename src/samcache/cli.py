@@ -1,0 +1,251 @@
+"""The ``samcache`` command: one subcommand per pipeline stage; each Snakemake rule calls one.
+
+Every subcommand is usable without Snakemake. Structured settings (a feature set, a method, a
+table) are passed with ``--spec`` as inline JSON or as ``@file`` (JSON or YAML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from samcache import __version__
+
+log = logging.getLogger("samcache")
+
+
+def load_spec(value: str) -> dict[str, Any]:
+    """Inline JSON, or ``@path`` to a JSON or YAML file."""
+    if value.startswith("@"):
+        text = Path(value[1:]).read_text()
+        return yaml.safe_load(text)
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--spec is neither JSON nor @file: {err}") from None
+
+
+# --- subcommands ----------------------------------------------------------------------------
+
+
+def cmd_dataset(a: argparse.Namespace) -> None:
+    spec = load_spec(a.spec)
+    source = spec.get("source")
+    if source == "synthetic":
+        from samcache.data.synthetic import write_synthetic_store
+
+        store = write_synthetic_store(
+            a.out,
+            name=a.name,
+            n_images=spec.get("n_images", 600),
+            image_size=spec.get("image_size", 128),
+            seed=spec.get("seed", 0),
+            split_fractions=tuple(spec.get("split_fractions", (0.6, 0.2, 0.2))),
+        )
+    else:
+        raise SystemExit(f"dataset source '{source}' is not supported (supported: synthetic)")
+    log.info(
+        "wrote %s: %d images, tasks %s, fingerprint %s",
+        store.path,
+        store.n_items,
+        sorted(store.tasks),
+        store.fingerprint,
+    )
+
+
+def cmd_features(a: argparse.Namespace) -> None:
+    from samcache.features.extract import extract_features
+    from samcache.features.specs import feature_set_from_config
+
+    spec = load_spec(a.spec)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    fset = feature_set_from_config(spec, a.dataset_id)
+    if a.expect_key and fset.key() != a.expect_key:
+        raise SystemExit(f"feature-set settings give cache key {fset.key()}, not {a.expect_key}")
+    weights = spec.get("weights", "official")
+    checkpoint = None
+    if weights == "official":
+        checkpoint = a.checkpoint or fset.spec.checkpoint_filename
+    elif weights != "random":
+        checkpoint = weights
+    store = extract_features(
+        a.dataset,
+        Path(a.out),
+        fset,
+        checkpoint=checkpoint,
+        batch_size=spec.get("batch_size", 8),
+        device=spec.get("device", "auto"),
+        seed=spec.get("seed", 0),
+        progress=not a.no_progress,
+    )
+    if a.manifest:
+        _write_manifest(a.manifest, {"kind": "features", "path": str(store.path), **store.attrs})
+
+
+def cmd_superpixels(a: argparse.Namespace) -> None:
+    from samcache.features.specs import SlicParams
+    from samcache.features.superpixels import compute_superpixels
+
+    spec = load_spec(a.spec)
+    params = SlicParams.from_config(spec)
+    key = params.key(a.dataset_id)
+    if a.expect_key and key != a.expect_key:
+        raise SystemExit(f"SLIC settings give cache key {key}, not {a.expect_key}")
+    out = compute_superpixels(
+        a.dataset, a.out, params, key=key, threads=a.threads, progress=not a.no_progress
+    )
+    if a.manifest:
+        _write_manifest(
+            a.manifest, {"kind": "superpixels", "path": str(out), "cache_key": key, "slic": spec}
+        )
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from samcache.train import train_run
+
+    rec = train_run(
+        dataset=a.dataset,
+        features=a.features,
+        task=a.task,
+        method_name=a.method_name,
+        method=load_spec(a.spec),
+        fraction=a.fraction,
+        seed=a.seed,
+        out=a.out,
+        expect_cache_key=a.expect_key,
+    )
+    t = rec["metrics"]["test"]
+    log.info(
+        "%s %s f=%g s=%d: test acc %.4f auc %.4f (best epoch %d, %.1f s)",
+        rec["method"],
+        rec["task"],
+        rec["fraction"],
+        rec["seed"],
+        t["acc"],
+        t["auc"],
+        rec["best_epoch"],
+        rec["wall_time_s"],
+    )
+
+
+def cmd_table(a: argparse.Namespace) -> None:
+    from samcache.tables import write_table
+
+    spec = load_spec(a.spec)
+    spec.setdefault("name", Path(a.md).stem)
+    write_table(spec, a.records, a.md, a.csv, a.runs_csv, a.plot)
+    log.info("wrote %s and %s from %d run records", a.md, a.csv, len(a.records))
+
+
+def cmd_info(a: argparse.Namespace) -> None:
+    from samcache.zarrio import open_group
+
+    g = open_group(a.path, "r")
+    print(json.dumps(dict(g.attrs), indent=1, default=str))
+    for name, arr in sorted(g.members(max_depth=None)):
+        if hasattr(arr, "chunks"):
+            print(f"{name:24s} {str(arr.shape):28s} {str(arr.dtype):8s} chunks={arr.chunks}")
+
+
+def _write_manifest(path: str, obj: dict[str, Any]) -> None:
+    from samcache.train import write_json_atomic
+
+    write_json_atomic(path, obj)
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samcache", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"samcache {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("dataset", help="build a dataset store")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True, help="the dataset's config entry (JSON or @file)")
+    s.add_argument("--out", required=True, help="the store to write (<name>.zarr)")
+    s.set_defaults(func=cmd_dataset)
+
+    s = sub.add_parser("features", help="extract frozen SAM features into a resumable cache")
+    s.add_argument("--dataset", required=True, help="dataset store")
+    s.add_argument("--dataset-id", required=True, help="dataset identity for the cache key")
+    s.add_argument("--spec", required=True, help="the feature set's config entry (JSON or @file)")
+    s.add_argument("--out", required=True, help="feature store to create or resume")
+    s.add_argument("--checkpoint", help="path of the official checkpoint (weights: official)")
+    s.add_argument("--expect-key", help="fail unless the settings give this cache key")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = its default)")
+    s.add_argument("--manifest", help="write a JSON manifest here when complete")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("superpixels", help="compute SLIC label maps into a resumable cache")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--dataset-id", required=True)
+    s.add_argument("--spec", required=True, help="SLIC parameters (JSON or @file)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--expect-key")
+    s.add_argument("--manifest")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_superpixels)
+
+    s = sub.add_parser("train", help="train and evaluate one run, write its JSON record")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--features", required=True, help="feature store")
+    s.add_argument("--task", required=True)
+    s.add_argument("--method-name", required=True)
+    s.add_argument("--spec", required=True, help="the method's resolved config (JSON or @file)")
+    s.add_argument("--fraction", type=float, required=True, help="percent of the training split")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--expect-key", help="fail unless the feature store has this cache key")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("table", help="aggregate run records into a paper-shaped table")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--md", required=True)
+    s.add_argument("--csv", required=True)
+    s.add_argument("--runs-csv", help="also write one row per run with its provenance")
+    s.add_argument("--plot", help="also write a PNG of the metrics against the fraction")
+    s.add_argument("records", nargs="+")
+    s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("info", help="print a store's attributes and arrays")
+    s.add_argument("path")
+    s.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from samcache.zarrio import StoreError
+
+    try:
+        args.func(args)
+    except (StoreError, FileNotFoundError, KeyError, ValueError) as err:
+        log.error("%s", err)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; completed work is kept and a re-run resumes it")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

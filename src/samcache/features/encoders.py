@@ -1,0 +1,73 @@
+"""A registry of SAM image encoders, built from segment-anything's own ``ImageEncoderViT``.
+
+``vit_h``, ``vit_l`` and ``vit_b`` use the official configurations of ``segment_anything.build_sam``
+and the official checkpoints (URL, size and SHA-256 below). ``vit_tiny`` is the embedded demo's
+encoder: the same class at a small size with random weights drawn from a fixed seed, so that the
+whole pipeline runs on a laptop CPU. Its features are not SAM features; they only exercise the
+plumbing.
+
+Only the image encoder is built: the prompt encoder and mask decoder are never needed for
+feature extraction, so their weights are dropped when a full SAM checkpoint is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import ImageEncoderViT
+
+from samcache.features.specs import ENCODERS, EncoderSpec, encoder_spec
+
+__all__ = ["ENCODERS", "EncoderSpec", "build_encoder", "encoder_spec", "sha256_file"]
+
+ENCODER_PREFIX = "image_encoder."
+
+
+def build_encoder(
+    name: str, weights: str | Path | None = None, *, seed: int = 0
+) -> ImageEncoderViT:
+    """The encoder in eval mode with frozen parameters.
+
+    ``weights``: a SAM checkpoint (full model or encoder-only state dict), loaded with
+    ``torch.load(weights_only=True)``; ``None`` gives random weights drawn from ``seed``.
+    """
+    spec = encoder_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = ImageEncoderViT(
+            img_size=spec.img_size,
+            patch_size=spec.patch_size,
+            embed_dim=spec.embed_dim,
+            depth=spec.depth,
+            num_heads=spec.num_heads,
+            mlp_ratio=4,
+            out_chans=spec.out_chans,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=spec.window_size,
+            global_attn_indexes=spec.global_attn_indexes,
+        )
+    if weights is not None:
+        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+        if any(k.startswith(ENCODER_PREFIX) for k in state):
+            state = {
+                k[len(ENCODER_PREFIX) :]: v
+                for k, v in state.items()
+                if k.startswith(ENCODER_PREFIX)
+            }
+        encoder.load_state_dict(state, strict=True)
+    encoder.eval()
+    encoder.requires_grad_(False)
+    return encoder
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,122 @@
+"""SLIC superpixel label maps for every image of a dataset store, resumable like the feature cache.
+
+Layout of ``superpixels.zarr``: ``labels`` (N, H, W) int32 from ``skimage.segmentation.slic``
+(labels start at 0), ``complete`` (N,) bool, and attrs with the cache key and SLIC parameters.
+Images are processed in fixed units by a pool of worker processes (SLIC holds the GIL), and a
+unit's flags are set only after its label maps are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from skimage.segmentation import slic
+
+from samcache.data.store import DatasetStore
+from samcache.features.specs import SlicParams
+from samcache.progress import progress_bar
+from samcache.zarrio import (
+    ItemLedger,
+    StoreError,
+    create_item_array,
+    open_group,
+    remove_partial_files,
+)
+
+log = logging.getLogger(__name__)
+
+
+def slic_labels(image: np.ndarray, params: SlicParams) -> np.ndarray:
+    """One image's SLIC label map, int32, labels from 0."""
+    return slic(
+        image,
+        n_segments=params.n_segments,
+        compactness=params.compactness,
+        sigma=params.sigma,
+        max_num_iter=params.max_num_iter,
+        enforce_connectivity=params.enforce_connectivity,
+        start_label=0,
+        channel_axis=-1,
+    ).astype(np.int32)
+
+
+def _unit(args: tuple[str, int, int, SlicParams]) -> tuple[int, int, np.ndarray]:
+    path, a, b, params = args
+    images = np.asarray(DatasetStore(path).images[a:b])
+    return a, b, np.stack([slic_labels(im, params) for im in images])
+
+
+def compute_superpixels(
+    dataset: str | Path,
+    out: str | Path,
+    params: SlicParams,
+    *,
+    key: str,
+    threads: int = 1,
+    unit: int = 16,
+    progress: bool = True,
+) -> Path:
+    out = Path(out)
+    ds = DatasetStore(dataset)
+    h, w = ds.image_shape
+    if (out / "zarr.json").is_file():
+        g = open_group(out, "r+")
+        if g.attrs.get("cache_key") != key or g.attrs.get("dataset_fingerprint") != ds.fingerprint:
+            raise StoreError(
+                f"{out}: holds superpixels built with other settings; delete it to rebuild"
+            )
+        remove_partial_files(out)
+        unit = int(g.attrs["unit"])
+    else:
+        g = open_group(out, "w")
+        unit = max(1, min(unit, ds.n_items))
+        create_item_array(
+            g, "labels", n_items=ds.n_items, item_shape=(h, w), dtype="int32", items_per_shard=unit
+        )
+        g.attrs.update(
+            {
+                "cache_key": key,
+                "slic": asdict(params),
+                "dataset_fingerprint": ds.fingerprint,
+                "dataset_path": str(ds.path),
+                "unit": unit,
+                "n_items": ds.n_items,
+            }
+        )
+    ledger = ItemLedger(g, ds.n_items, unit)
+    todo = ledger.missing_units()
+    labels = g["labels"]
+    bar = progress_bar(total=sum(b - a for a, b in todo), desc="SLIC", unit="img", enable=progress)
+    threads = max(1, min(threads, os.cpu_count() or 1, len(todo) or 1))
+    jobs = [(str(ds.path), a, b, params) for a, b in todo]
+    pool = None
+    try:
+        if threads == 1:
+            results = map(_unit, jobs)
+        else:
+            pool = ProcessPoolExecutor(max_workers=threads)
+            results = pool.map(_unit, jobs)
+        for a, b, lab in results:
+            labels[a:b] = lab
+            ledger.mark(a, b)
+            bar.update(b - a)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    g.attrs["complete"] = True
+    return out
+
+
+def open_superpixels(path: str | Path, *, expect_key: str | None = None) -> np.ndarray:
+    g = open_group(path, "r")
+    if expect_key is not None and g.attrs.get("cache_key") != expect_key:
+        raise StoreError(f"{path}: superpixel cache key differs from the expected {expect_key}")
+    if not np.asarray(g["complete"][:]).all():
+        raise StoreError(f"{path}: superpixel computation is incomplete; re-run it to resume")
+    return g["labels"]

@@ -1,0 +1,11 @@
+"""Heads: the small trainable models that read the cache.
+
+Every head answers one interface (``samcache.heads.base.Head``): it declares which batch inputs
+it needs and maps a batch to a dict holding at least ``logits``. A head is added by writing a
+builder and registering it by name; the parametrised test over ``HEADS`` then covers it.
+"""
+
+from samcache.heads import probe  # noqa: F401  (registers the probe heads)
+from samcache.heads.base import HEADS, INPUTS, Head, build_head, head_class, register_head
+
+__all__ = ["HEADS", "INPUTS", "Head", "build_head", "head_class", "register_head"]

@@ -1,0 +1,63 @@
+"""The interface every head answers, and the registry of heads by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+#: Inputs a head may ask for. ``pooled``: (B, D) concatenation of the chosen taps, each averaged
+#: over space and standardised with the training subset's statistics. ``taps``: a dict of
+#: (B, C, g, g) tapped maps in the order the method lists them. ``image``: (B, 3, H, W) float.
+#: ``lesion_mask`` (B, 1, H, W), ``attributes`` (B, A, H, W), ``superpixels`` (B, H, W) int.
+INPUTS = frozenset({"pooled", "taps", "image", "lesion_mask", "attributes", "superpixels"})
+
+
+class Head(nn.Module):
+    """A trainable model over cached inputs.
+
+    Subclasses set ``requires`` (a subset of ``INPUTS``), implement ``from_shapes`` (build from
+    the number of outputs and the shapes of the required inputs, plus the method's ``head_args``)
+    and ``forward`` (a batch dict to a dict with at least ``logits``).
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any) -> Head:
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+HEADS: dict[str, type[Head]] = {}
+
+
+def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
+    def deco(cls: type[Head]) -> type[Head]:
+        if name in HEADS:
+            raise ValueError(f"head '{name}' is registered twice")
+        unknown = cls.requires - INPUTS
+        if unknown:
+            raise ValueError(f"head '{name}' requires unknown inputs {sorted(unknown)}")
+        HEADS[name] = cls
+        return cls
+
+    return deco
+
+
+def head_class(name: str) -> type[Head]:
+    try:
+        return HEADS[name]
+    except KeyError:
+        raise KeyError(f"unknown head '{name}'; registered heads: {sorted(HEADS)}") from None
+
+
+def build_head(
+    name: str, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any
+) -> Head:
+    """Build head ``name`` for ``n_outputs`` logits from inputs of the given shapes."""
+    return head_class(name).from_shapes(n_outputs=n_outputs, input_shapes=input_shapes, **kwargs)

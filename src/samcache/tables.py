@@ -1,0 +1,216 @@
+"""Result tables: a pure function of run records, laid out like the papers' tables.
+
+A table spec names its column *blocks* (a dataset and task each, side by side as RetinaMNIST and
+BreastMNIST in seed 000's Table I), its *rows* (methods), the fractions, seeds and metrics.
+Each cell is the mean ± sample standard deviation (ddof = 1) over seeds, in percent. A missing
+run is an error that names it, never an empty cell.
+
+Three files are written: ``<name>.md`` (the paper's layout), ``<name>.csv`` (the same layout with
+mean and std in separate columns) and ``<name>.runs.csv`` (one row per run with its metrics,
+record path, cache key and code version, so every cell traces back to its runs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from samcache import __version__
+
+METRIC_LABELS = {"acc": "ACC", "auc": "AUC", "ap": "AP"}
+
+
+def normalise_rows(rows: Sequence[str | Mapping[str, str]]) -> list[dict[str, str]]:
+    return [
+        {"method": r, "label": r} if isinstance(r, str) else {"label": r["method"], **r}
+        for r in rows
+    ]
+
+
+def block_label(block: Mapping[str, str]) -> str:
+    return block.get("label") or f"{block['dataset']} / {block['task']}"
+
+
+def fraction_label(f: float) -> str:
+    return f"{f:g}%"
+
+
+def record_key(rec: Mapping[str, Any]) -> tuple:
+    return (rec["dataset"], rec["task"], rec["method"], float(rec["fraction"]), int(rec["seed"]))
+
+
+def load_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    out = []
+    for p in paths:
+        rec = json.loads(Path(p).read_text())
+        rec["_path"] = str(p)
+        out.append(rec)
+    return out
+
+
+def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (block, method, fraction, seed) the table needs; raises if a run is missing."""
+    by_key = {record_key(r): r for r in records}
+    rows, missing = [], []
+    for b, block in enumerate(spec["blocks"]):
+        for row in normalise_rows(spec["rows"]):
+            for frac in spec["fractions"]:
+                for seed in spec["seeds"]:
+                    key = (block["dataset"], block["task"], row["method"], float(frac), int(seed))
+                    rec = by_key.get(key)
+                    if rec is None:
+                        missing.append(key)
+                        continue
+                    rows.append(
+                        {
+                            "block": b,
+                            "block_label": block_label(block),
+                            "method": row["method"],
+                            "row_label": row["label"],
+                            "fraction": float(frac),
+                            "seed": int(seed),
+                            **{m: rec["metrics"]["test"][m] for m in spec["metrics"]},
+                            "best_epoch": rec.get("best_epoch"),
+                            "n_train": rec.get("n_train"),
+                            "cache_key": rec.get("cache_key"),
+                            "code_version": rec.get("code_version"),
+                            "record": rec.get("_path", ""),
+                        }
+                    )
+    if missing:
+        listed = "\n  ".join(
+            f"dataset={d} task={t} method={m} fraction={f:g} seed={s}" for d, t, m, f, s in missing
+        )
+        raise ValueError(
+            f"table '{spec.get('name', '?')}' lacks {len(missing)} run records:\n  {listed}"
+        )
+    return pd.DataFrame(rows)
+
+
+def summary_frame(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows = methods in spec order; columns = (block, fraction, metric, stat) in spec order."""
+    cols, data = [], {}
+    rows = normalise_rows(spec["rows"])
+    for b, block in enumerate(spec["blocks"]):
+        for frac in spec["fractions"]:
+            for m in spec["metrics"]:
+                for stat in ("mean", "std"):
+                    col = (
+                        block_label(block),
+                        fraction_label(float(frac)),
+                        METRIC_LABELS.get(m, m),
+                        stat,
+                    )
+                    cols.append(col)
+                    vals = []
+                    for row in rows:
+                        sel = runs[
+                            (runs.block == b)
+                            & (runs.method == row["method"])
+                            & (runs.fraction == float(frac))
+                        ]
+                        x = 100.0 * sel[m].to_numpy(dtype=float)
+                        vals.append(
+                            x.mean() if stat == "mean" else (x.std(ddof=1) if len(x) > 1 else 0.0)
+                        )
+                    data[col] = vals
+    frame = pd.DataFrame(data, index=[r["label"] for r in rows])
+    frame.columns = pd.MultiIndex.from_tuples(cols, names=["block", "fraction", "metric", "stat"])
+    frame.index.name = "Method"
+    return frame
+
+
+def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
+    means = summary.xs("mean", axis=1, level="stat")
+    stds = summary.xs("std", axis=1, level="stat")
+    single_block = len(spec["blocks"]) == 1
+    header = ["Method"]
+    for block, frac, metric in means.columns:
+        parts = ([] if single_block else [block]) + [frac, metric]
+        header.append(" ".join(parts))
+    lines = [f"### {spec.get('title', spec.get('name', 'Table'))}", ""]
+    if single_block:
+        lines.append(f"{block_label(spec['blocks'][0])}")
+        lines.append("")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|")
+    for label in means.index:
+        cells = [f"{means.loc[label, c]:.2f} ± {stds.loc[label, c]:.2f}" for c in means.columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    n = len(spec["seeds"])
+    lines += [
+        "",
+        f"Mean ± standard deviation (ddof = 1) over {n} seed{'s' if n != 1 else ''} "
+        f"({', '.join(str(s) for s in spec['seeds'])}), in percent, on the test split; "
+        f"best epoch chosen by validation AUC. Fractions are of the training split.",
+    ]
+    if spec.get("caption"):
+        lines += ["", str(spec["caption"])]
+    lines += [
+        "",
+        f"<sub>samcache {__version__}; per-run provenance in the matching .runs.csv.</sub>",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_table(
+    spec: Mapping[str, Any],
+    record_paths: Sequence[str | Path],
+    md: str | Path,
+    csv: str | Path,
+    runs_csv: str | Path | None = None,
+    plot: str | Path | None = None,
+) -> pd.DataFrame:
+    runs = runs_frame(spec, load_records(record_paths))
+    summary = summary_frame(spec, runs)
+    Path(md).parent.mkdir(parents=True, exist_ok=True)
+    Path(md).write_text(to_markdown(spec, summary))
+    flat = summary.copy()
+    flat.columns = ["/".join(c) for c in flat.columns]
+    flat.round(4).to_csv(csv)
+    if runs_csv is not None:
+        runs.to_csv(runs_csv, index=False)
+    if plot is not None:
+        plot_table(spec, summary, plot)
+    return summary
+
+
+def cells_filled(summary: pd.DataFrame) -> bool:
+    """True when every mean cell of a summary is a finite number."""
+    return bool(np.isfinite(summary.xs("mean", axis=1, level="stat").to_numpy(dtype=float)).all())
+
+
+def plot_table(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
+    """One panel per (block, metric): the metric against the training fraction, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = summary.xs("mean", axis=1, level="stat")
+    stds = summary.xs("std", axis=1, level="stat")
+    panels = list(dict.fromkeys((b, m) for b, _, m in means.columns))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    fractions = [float(f) for f in spec["fractions"]]
+    for ax, (block, metric) in zip(axes[0], panels, strict=True):
+        cols = [(block, fraction_label(f), metric) for f in fractions]
+        for label in means.index:
+            y = [means.loc[label, c] for c in cols]
+            e = [stds.loc[label, c] for c in cols]
+            ax.errorbar(fractions, y, yerr=e, marker="o", capsize=3, label=label)
+        ax.set_title(f"{block}: {metric}" if len(spec["blocks"]) > 1 else metric)
+        ax.set_xlabel("training data (%)")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_xticks(fractions)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(spec.get("title", spec.get("name", "")), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,35 @@
+"""Shared fixtures: a small synthetic dataset store and a vit_tiny feature cache built from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TAPS = ["patch_embed", "block:1", "block:2", "block:4", "neck"]
+
+
+def tiny_feature_config(**overrides):
+    cfg = {"encoder": "vit_tiny", "weights": "random", "taps": TAPS, "batch_size": 8}
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory):
+    from samcache.data.synthetic import write_synthetic_store
+
+    path = tmp_path_factory.mktemp("stores") / "small.zarr"
+    return write_synthetic_store(path, name="small", n_images=60, image_size=64, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_features(tmp_path_factory, small_store):
+    from samcache.features.extract import extract_features
+    from samcache.features.specs import feature_set_from_config
+
+    fset = feature_set_from_config(tiny_feature_config(), "small:test")
+    out = tmp_path_factory.mktemp("features") / "features.zarr"
+    return extract_features(small_store.path, out, fset, batch_size=8, device="cpu", progress=False)

@@ -1,0 +1,166 @@
+"""The feature cache against segment-anything's own forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from conftest import TAPS, tiny_feature_config
+from samcache.features.encoders import build_encoder, encoder_spec
+from samcache.features.extract import extract_features
+from samcache.features.specs import feature_set_from_config, parse_taps
+from samcache.features.store import FeatureStore
+from samcache.zarrio import StoreError
+
+
+def _sam_around(encoder) -> Sam:
+    """A full Sam model around the encoder, only so that SamPredictor can drive it."""
+    spec = encoder_spec("vit_tiny")
+    d = spec.out_chans
+    return Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=d,
+            image_embedding_size=(spec.grid, spec.grid),
+            input_image_size=(spec.img_size, spec.img_size),
+            mask_in_chans=8,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=d, mlp_dim=64, num_heads=4),
+            transformer_dim=d,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
+        ),
+        pixel_mean=list(spec.pixel_mean),
+        pixel_std=list(spec.pixel_std),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_features(tmp_path_factory, small_store):
+    fset = feature_set_from_config(tiny_feature_config(dtype="float32"), "small:fp32")
+    out = tmp_path_factory.mktemp("f32") / "features.zarr"
+    return extract_features(small_store.path, out, fset, batch_size=8, device="cpu", progress=False)
+
+
+def test_neck_equals_sam_predictor_set_image(small_store, fp32_features):
+    predictor = SamPredictor(_sam_around(build_encoder("vit_tiny", seed=0)))
+    for i in (0, 9, 59):
+        predictor.set_image(np.asarray(small_store.images[i]))
+        expected = predictor.features[0].numpy()
+        got = fp32_features.read("neck", np.array([i]))[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_taps_equal_the_blocks_run_by_hand(small_store, fp32_features):
+    enc = build_encoder("vit_tiny", seed=0)
+    sam = _sam_around(enc)
+    predictor = SamPredictor(sam)
+    img = np.asarray(small_store.images[5])
+    x = predictor.transform.apply_image(img)
+    x = torch.as_tensor(x).permute(2, 0, 1)[None].float()
+    x = sam.preprocess(x)
+    with torch.no_grad():
+        h = enc.patch_embed(x)
+        by_hand = {"patch_embed": h}
+        h = h + enc.pos_embed
+        for i, blk in enumerate(enc.blocks, start=1):
+            h = blk(h)
+            by_hand[f"block:{i}"] = h
+        neck = enc.neck(h.permute(0, 3, 1, 2))
+    for tap in TAPS:
+        ref = neck if tap == "neck" else by_hand[tap].permute(0, 3, 1, 2)
+        got = fp32_features.read(tap, np.array([5]))[0]
+        np.testing.assert_allclose(got, ref[0].numpy(), rtol=1e-4, atol=1e-4, err_msg=tap)
+
+
+def test_float16_cache_is_the_rounded_float32_cache(small_features, fp32_features):
+    idx = np.arange(10)
+    for tap in TAPS:
+        np.testing.assert_array_equal(
+            small_features.read(tap, idx), fp32_features.read(tap, idx).astype(np.float16)
+        )
+
+
+def test_pooled_grid_is_the_average_of_the_native_grid(tmp_path, small_store, fp32_features):
+    cfg = tiny_feature_config(dtype="float32", taps=[{"name": "block:2", "grid": 2}, "neck"])
+    fset = feature_set_from_config(cfg, "small:pooled")
+    fs = extract_features(small_store.path, tmp_path / "p.zarr", fset, device="cpu", progress=False)
+    native = fp32_features.read("block:2", np.arange(4))
+    expected = native.reshape(4, -1, 2, 4, 2, 4).mean(axis=(3, 5))
+    np.testing.assert_allclose(fs.read("block:2", np.arange(4)), expected, rtol=1e-5, atol=1e-5)
+    assert fs.array("neck").shape[-1] == 8
+
+
+def test_store_records_its_cache_key(small_features):
+    attrs = small_features.attrs
+    assert attrs["cache_key"] == small_features.key
+    assert attrs["key_fields"]["encoder"]["name"] == "vit_tiny"
+    assert attrs["key_fields"]["weights"] == "random:seed=0"
+    assert [t["name"] for t in attrs["key_fields"]["taps"]] == TAPS
+    assert attrs["key_fields"]["preprocess"]["img_size"] == 128
+
+
+def test_read_returns_rows_in_the_requested_order(small_features):
+    a = small_features.read("neck", np.array([7, 2, 30]))
+    b = np.stack([small_features.read("neck", np.array([i]))[0] for i in (7, 2, 30)])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_recomputes_only_missing_batches(tmp_path, small_store, small_features):
+    import shutil
+
+    from samcache.zarrio import open_group
+
+    out = tmp_path / "r.zarr"
+    shutil.copytree(small_features.path, out)
+    g = open_group(out, "r+")
+    g["complete"][16:24] = False
+    g["neck"][16:24] = 0  # the interrupted batch's data is garbage
+    g["patch_embed"][:8] = 0  # a complete batch is not touched
+    fset = feature_set_from_config(tiny_feature_config(), "small:test")
+    fs = extract_features(small_store.path, out, fset, device="cpu", progress=False)
+    np.testing.assert_array_equal(
+        fs.read("neck", np.arange(60)), small_features.read("neck", np.arange(60))
+    )
+    assert not fs.read("patch_embed", np.arange(8)).any()
+
+
+def test_other_settings_never_mix_into_an_existing_cache(tmp_path, small_store, small_features):
+    import shutil
+
+    out = tmp_path / "c.zarr"
+    shutil.copytree(small_features.path, out)
+    fset = feature_set_from_config(tiny_feature_config(taps=["neck"]), "small:test")
+    with pytest.raises(StoreError, match="taps"):
+        extract_features(small_store.path, out, fset, device="cpu", progress=False)
+    with pytest.raises(StoreError, match="cache key"):
+        FeatureStore(out, expect_key=fset.key())
+
+
+def test_cache_key_tracks_what_changes_values_and_ignores_speed_settings():
+    base = feature_set_from_config(tiny_feature_config(), "d:1").key()
+    assert (
+        feature_set_from_config(tiny_feature_config(batch_size=32, device="cuda"), "d:1").key()
+        == base
+    )
+    for change in (
+        {"taps": TAPS[:2]},
+        {"grid": 4},
+        {"dtype": "float32"},
+        {"seed": 1},
+        {"compute_dtype": "bfloat16"},
+    ):
+        assert feature_set_from_config(tiny_feature_config(**change), "d:1").key() != base, change
+    assert feature_set_from_config(tiny_feature_config(), "d:2").key() != base
+
+
+def test_bad_taps_are_refused():
+    with pytest.raises(ValueError, match="blocks 1..4"):
+        feature_set_from_config(tiny_feature_config(taps=["block:5"]), "d")
+    with pytest.raises(ValueError, match="divide"):
+        parse_taps([{"name": "neck", "grid": 3}])[0].validate(encoder_spec("vit_tiny"))

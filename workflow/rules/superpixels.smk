@@ -1,0 +1,21 @@
+rule superpixels:
+    """SLIC label maps for every image of a dataset, in parallel over images, resumable."""
+    input:
+        store=lambda w: dataset_store(w.dataset),
+    output:
+        manifest="cache/superpixels/{dataset}/{spset}-{key}/manifest.json",
+    log:
+        "logs/superpixels/{dataset}/{spset}-{key}.log",
+    benchmark:
+        "logs/superpixels/{dataset}/{spset}-{key}.bench.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: lambda w: config["superpixels"][w.spset]["threads"]
+    params:
+        store=lambda w, output: str(Path(output.manifest).parent / "superpixels.zarr"),
+        spec=lambda w: json.dumps(config["superpixels"][w.spset], sort_keys=True),
+        dataset_id=lambda w: dataset_id(w.dataset),
+    shell:
+        "python -m samcache superpixels --dataset {input.store} --dataset-id {params.dataset_id:q} "
+        "--spec {params.spec:q} --out {params.store} --expect-key {wildcards.key} "
+        "--threads {threads} --manifest {output.manifest} > {log} 2>&1"
