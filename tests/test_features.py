@@ -8,12 +8,13 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from conftest import TAPS, tiny_feature_config
 from samcache.features.encoders import build_encoder, encoder_spec
 from samcache.features.extract import extract_features
 from samcache.features.specs import feature_set_from_config, parse_taps
 from samcache.features.store import FeatureStore
 from samcache.zarrio import StoreError
+
+from conftest import TAPS, tiny_feature_config
 
 
 def _sam_around(encoder) -> Sam:

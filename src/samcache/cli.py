@@ -35,21 +35,11 @@ def load_spec(value: str) -> dict[str, Any]:
 
 
 def cmd_dataset(a: argparse.Namespace) -> None:
-    spec = load_spec(a.spec)
-    source = spec.get("source")
-    if source == "synthetic":
-        from samcache.data.synthetic import write_synthetic_store
+    from samcache.data.sources import get_source
 
-        store = write_synthetic_store(
-            a.out,
-            name=a.name,
-            n_images=spec.get("n_images", 600),
-            image_size=spec.get("image_size", 128),
-            seed=spec.get("seed", 0),
-            split_fractions=tuple(spec.get("split_fractions", (0.6, 0.2, 0.2))),
-        )
-    else:
-        raise SystemExit(f"dataset source '{source}' is not supported (supported: synthetic)")
+    spec = load_spec(a.spec)
+    source = get_source(spec.get("source", ""))
+    store = source.build(a.name, spec, Path(a.raw_dir), Path(a.out))
     log.info(
         "wrote %s: %d images, tasks %s, fingerprint %s",
         store.path,
@@ -174,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dataset", help="build a dataset store")
     s.add_argument("--name", required=True)
     s.add_argument("--spec", required=True, help="the dataset's config entry (JSON or @file)")
+    s.add_argument("--raw-dir", default="data/raw", help="folder of the source's downloaded files")
     s.add_argument("--out", required=True, help="the store to write (<name>.zarr)")
     s.set_defaults(func=cmd_dataset)
 
