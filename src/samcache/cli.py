@@ -112,6 +112,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         seed=a.seed,
         out=a.out,
         expect_cache_key=a.expect_key,
+        superpixels=a.superpixels,
     )
     t = rec["metrics"]["test"]
     log.info(
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train and evaluate one run, write its JSON record")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--features", required=True, help="feature store")
+    s.add_argument("--features", help="feature store (for heads that read cached features)")
+    s.add_argument("--superpixels", help="superpixel store (for heads that read superpixels)")
     s.add_argument("--task", required=True)
     s.add_argument("--method-name", required=True)
     s.add_argument("--spec", required=True, help="the method's resolved config (JSON or @file)")

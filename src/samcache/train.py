@@ -20,7 +20,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,14 +28,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from samcache import __version__, code_version
+from samcache.augment import AugmentSpec, augment
 from samcache.data.fractions import fraction_subsample, subsample_digest
 from samcache.data.store import DatasetStore, TaskInfo
 from samcache.device import resolve_device
 from samcache.features.store import FeatureStore
-from samcache.heads import build_head, head_class
+from samcache.heads import Head, build_head, head_class
+from samcache.inputs import RunInputs, batches
 from samcache.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class TrainSettings:
     device: str = "auto"
     threads: int = 1
     select_metric: str = "auc"
+    augment: bool | dict = True  # flips and crops, applied to every spatial input alike
+    oversample: bool = False  # minority classes drawn as often as the majority (seed 001)
+    max_memory_gb: float = 4.0  # above this a run reads its inputs from Zarr per batch
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -59,82 +63,52 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def pooled_features(fs: FeatureStore, taps: Sequence[str], indices: np.ndarray) -> np.ndarray:
-    """(len(indices), sum C) float32: each tap averaged over space, concatenated in tap order."""
-    parts = [fs.read(t, indices).astype(np.float32).mean(axis=(2, 3)) for t in taps]
-    return np.concatenate(parts, axis=1)
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))
+        for k, v in batch.items()
+    }
 
 
-class RunData:
-    """In-memory tensors of the inputs a head requires, for the train subset, val and test."""
-
-    def __init__(
-        self,
-        ds: DatasetStore,
-        fs: FeatureStore,
-        task: TaskInfo,
-        taps: Sequence[str],
-        requires: frozenset[str],
-        splits: Mapping[str, np.ndarray],
-    ) -> None:
-        unsupported = requires - {"pooled"}
-        if unsupported:
-            raise NotImplementedError(
-                f"inputs {sorted(unsupported)} are not supported by this trainer yet"
-            )
-        labels = ds.labels(task.name)
-        self.splits: dict[str, dict[str, torch.Tensor]] = {}
-        pooled = {name: pooled_features(fs, taps, idx) for name, idx in splits.items()}
-        mean = pooled["train"].mean(axis=0, keepdims=True)
-        std = pooled["train"].std(axis=0, keepdims=True) + 1e-6
-        for name, idx in splits.items():
-            self.splits[name] = {
-                "pooled": torch.from_numpy((pooled[name] - mean) / std),
-                "label": torch.from_numpy(labels[idx]),
-            }
-        self.input_shapes = {"pooled": tuple(self.splits["train"]["pooled"].shape[1:])}
-
-    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
-        data = self.splits[split]
-        n = len(data["label"])
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, batch_size):
-            sel = order[start : start + batch_size]
-            yield {k: v[sel] for k, v in data.items()}
-
-
-def _loss(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if task.type == "multilabel":
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
-    return nn.functional.cross_entropy(logits, labels.long())
-
-
-def _probabilities(task: TaskInfo, logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits) if task.type == "multilabel" else torch.softmax(logits, dim=1)
+def probabilities(task_type: str, logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if task_type == "multilabel" else torch.softmax(logits, dim=1)
 
 
 @torch.inference_mode()
+def predict(
+    head: Head,
+    inputs: RunInputs,
+    items: np.ndarray,
+    task: TaskInfo,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and predicted probabilities of ``items``, in order."""
+    head.eval()
+    probs, labels = [], []
+    for batch in batches(inputs, items, batch_size):
+        out = head(to_device(batch, device))
+        probs.append(probabilities(task.type, out["logits"]).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy()
+
+
 def evaluate(
-    head: nn.Module,
-    data: RunData,
-    split: str,
+    head: Head,
+    inputs: RunInputs,
+    items: np.ndarray,
     task: TaskInfo,
     device: torch.device,
     batch_size: int,
 ) -> dict[str, float]:
-    head.eval()
-    probs, labels = [], []
-    for batch in data.batches(split, batch_size):
-        out = head({k: v.to(device) for k, v in batch.items()})
-        probs.append(_probabilities(task, out["logits"]).float().cpu())
-        labels.append(batch["label"])
-    return compute_metrics(torch.cat(labels).numpy(), torch.cat(probs).numpy(), task.type)
+    y, p = predict(head, inputs, items, task, device, batch_size)
+    return compute_metrics(y, p, task.type)
 
 
 def train_run(
     *,
     dataset: str | Path,
-    features: str | Path,
+    features: str | Path | None,
     task: str,
     method_name: str,
     method: Mapping[str, Any],
@@ -142,6 +116,7 @@ def train_run(
     seed: int,
     out: str | Path,
     expect_cache_key: str | None = None,
+    superpixels: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run, write its record to ``out`` and return it."""
     t0 = time.perf_counter()
@@ -152,33 +127,57 @@ def train_run(
 
     ds = DatasetStore(dataset)
     info = ds.task(task)
-    fs = FeatureStore(features, expect_key=expect_cache_key, expect_dataset=ds.fingerprint)
-    taps = list(method.get("taps") or fs.taps)
+    fs = (
+        FeatureStore(features, expect_key=expect_cache_key, expect_dataset=ds.fingerprint)
+        if features is not None
+        else None
+    )
+    taps = list(method.get("taps") or (fs.taps if fs is not None else []))
     train_all = ds.indices("train")
     labels = ds.labels(task)
     subset = fraction_subsample(train_all, labels[train_all], fraction, seed)
     splits = {"train": subset, "val": ds.indices("val"), "test": ds.indices("test")}
 
-    head_args = dict(method.get("head_args", {}))
-    data = RunData(ds, fs, info, taps, head_class(method["head"]).requires, splits)
+    cls = head_class(method["head"])
+    inputs = RunInputs(
+        ds,
+        cls.requires,
+        np.concatenate(list(splits.values())),
+        subset,
+        labels=labels,
+        features=fs,
+        taps=taps,
+        superpixels=superpixels,
+        image_size=method.get("image_size"),
+        max_memory_gb=settings.max_memory_gb,
+    )
     head = build_head(
-        method["head"], n_outputs=info.n_outputs, input_shapes=data.input_shapes, **head_args
+        method["head"],
+        n_outputs=info.n_outputs,
+        input_shapes=inputs.input_shapes(),
+        **dict(method.get("head_args", {})),
     ).to(device)
-    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    trainable = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    aug = AugmentSpec.from_config(settings.augment)
 
     history, best, best_state, best_epoch = [], -np.inf, None, -1
     for epoch in range(1, settings.epochs + 1):
         head.train()
         losses = []
-        for batch in data.batches("train", settings.batch_size, gen):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = _loss(info, head(batch)["logits"], batch["label"])
+        for batch in batches(
+            inputs, subset, settings.batch_size, generator=gen, oversample=settings.oversample
+        ):
+            if aug is not None:
+                batch = augment(batch, aug, gen)
+            batch = to_device(batch, device)
+            loss = head.loss(head(batch), batch, info.type)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        val = evaluate(head, data, "val", info, device, settings.batch_size)
+        val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
         history.append(
             {
                 "epoch": epoch,
@@ -191,8 +190,8 @@ def train_run(
             best, best_epoch, best_state = score, epoch, copy.deepcopy(head.state_dict())
     if best_state is not None:
         head.load_state_dict(best_state)
-    test = evaluate(head, data, "test", info, device, settings.batch_size)
-    val = evaluate(head, data, "val", info, device, settings.batch_size)
+    test = evaluate(head, inputs, splits["test"], info, device, settings.batch_size)
+    val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
 
     record = {
         "schema": RECORD_SCHEMA,
@@ -214,8 +213,9 @@ def train_run(
         "best_epoch": best_epoch,
         "metrics": {"test": test, "val": val},
         "history": history,
-        "cache_key": fs.key,
-        "features_path": str(fs.path),
+        "cache_key": fs.key if fs is not None else None,
+        "features_path": str(fs.path) if fs is not None else None,
+        "superpixels_path": str(superpixels) if superpixels is not None else None,
         "code_version": code_version(),
         "samcache_version": __version__,
         "torch_version": torch.__version__,

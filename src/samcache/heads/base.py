@@ -32,6 +32,18 @@ class Head(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    def loss(
+        self, outputs: Mapping[str, Any], batch: Mapping[str, Any], task_type: str
+    ) -> torch.Tensor:
+        """The training loss; cross-entropy (binary cross-entropy for multi-label tasks).
+
+        Heads with another objective (focal loss, attention regularisers) override this.
+        """
+        logits, labels = outputs["logits"], batch["label"]
+        if task_type == "multilabel":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        return nn.functional.cross_entropy(logits, labels.long())
+
 
 HEADS: dict[str, type[Head]] = {}
 
