@@ -61,7 +61,7 @@ def test_acc_and_auc_agree_with_medmnist_evaluator_on_a_converted_store(
 ):
     # The npz medmnist's Evaluator reads, in a temporary root that is also samcache's raw folder
     # (a file placed by hand, verified against its pinned checksum and converted).
-    root = tmp_path / "raw" / "medmnist"
+    root = tmp_path / "raw" / flag
     root.mkdir(parents=True)
     npz = medmnist_npz(
         root / f"{flag}.npz", rgb=rgb, n_classes=n_classes, size=8, counts=(4, 2, 150)

@@ -53,7 +53,7 @@ def test_retinamnist_through_the_download_command_and_conversion(server, tmp_pat
     spec = spec_for(server, "retinamnist", 28, image_size=56)
     argv = ["download", "--spec", json.dumps(spec), "--raw-dir", str(tmp_path / "raw")]
     assert cli.main([*argv, "--no-progress"]) == 0
-    assert (tmp_path / "raw" / "medmnist" / "retinamnist.npz").exists()
+    assert (tmp_path / "raw" / "retinamnist" / "retinamnist.npz").exists()
     store = get_source("retinamnist").build(
         "retina", spec, tmp_path / "raw", tmp_path / "r.zarr", threads=2
     )
@@ -116,3 +116,11 @@ def test_store_opens_with_the_contract(server, tmp_path):
     store = DatasetStore(tmp_path / "r.zarr")
     assert store.image_shape == (224, 224)  # the default image_size
     assert store.attrs["medmnist"] == {"flag": "retinamnist", "task": "ordinal-regression"}
+
+
+def test_offline_download_names_the_url_and_where_to_place_the_file(tmp_path, caplog):
+    spec = {"source": "breastmnist", "size": 28, "mirror": "http://127.0.0.1:9"}  # nothing there
+    argv = ["download", "--spec", json.dumps(spec), "--raw-dir", str(tmp_path / "raw")]
+    assert cli.main([*argv, "--retries", "1", "--backoff", "0", "--timeout", "2"]) == 1
+    assert "http://127.0.0.1:9/breastmnist.npz" in caplog.text
+    assert str(tmp_path / "raw" / "breastmnist" / "breastmnist.npz") in caplog.text

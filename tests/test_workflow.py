@@ -106,12 +106,12 @@ def test_download_and_dataset_rules_build_a_store_from_a_mirror(tmp_path):
         res = snakemake(workdir, *args, "--cores", "1", "data/stores/breast_small.zarr")
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert srv.hits["breastmnist.npz"] == 1
-    assert (workdir / "data/raw/medmnist/breastmnist.npz").read_bytes() == npz.read_bytes()
+    assert (workdir / "data/raw/breastmnist/breastmnist.npz").read_bytes() == npz.read_bytes()
     from samcache.data.store import DatasetStore
 
     store = DatasetStore(workdir / "data/stores/breast_small.zarr")
     assert store.images.shape == (22, 16, 16, 3) and "diagnosis" in store.tasks
-    assert (workdir / "logs/download/medmnist/breastmnist.npz.log").exists()
+    assert (workdir / "logs/download/breastmnist/breastmnist.npz.log").exists()
     again = snakemake(workdir, *args, "--dry-run", "data/stores/breast_small.zarr")
     assert "Nothing to be done" in again.stdout + again.stderr
 

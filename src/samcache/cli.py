@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="the dataset's config entry (JSON or @file)")
     s.add_argument("--file", action="append", help="only this file name (repeatable)")
     s.add_argument(
-        "--raw-dir", default="data/raw", help="raw-data root; files go to <root>/<folder>"
+        "--raw-dir", default="data/raw", help="raw-data root; files go to <root>/<source>"
     )
     s.add_argument("--retries", type=int, default=5, help="retries after a transient failure")
     s.add_argument(

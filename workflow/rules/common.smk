@@ -51,7 +51,7 @@ def dataset_cfg(name):
 
 
 def dataset_raw_files(name):
-    """The raw files a dataset's store is converted from: data/raw/<folder>/<filename>."""
+    """The raw files a dataset's store is converted from: data/raw/<source>/<filename>."""
     from samcache.data.sources import raw_paths
 
     try:

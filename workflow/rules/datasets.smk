@@ -1,5 +1,5 @@
 rule download:
-    """One file of a dataset source into data/raw/<folder>/: an interrupted transfer resumes,
+    """One file of a dataset source into data/raw/<source>/: an interrupted transfer resumes,
     transient failures are retried with backoff, the checksum is verified before the file
     appears; offline, the error names the URL and where to place the file by hand."""
     output:

@@ -3,10 +3,10 @@
 A source registers a ``Source`` with
 
 * ``files(spec)``: the remote files it needs (URL, filename, checksum where one is published),
-  which the ``download`` rule fetches into ``data/raw/<folder>/`` (or finds there, placed by
+  which the ``download`` rule fetches into ``data/raw/<source>/`` (or finds there, placed by
   hand); ``remote_files(spec)`` adds the dataset's ``mirror`` and pinned ``checksums``;
 * ``build(name, spec, raw_dir, out, threads=...)``: the conversion into the dataset-store
-  contract, reading ``raw_dir/<folder>/``.
+  contract, reading ``raw_dir/<source>/``.
 
 Built in: ``synthetic`` (the demo, no files), ``retinamnist`` and ``breastmnist``
 (``samcache.data.sources.medmnist``), ``isic2016``, ``isic2017`` and ``isic2018``
@@ -62,7 +62,7 @@ def remote_files(spec: Mapping[str, Any]) -> list[RemoteFile]:
 
 
 def raw_paths(spec: Mapping[str, Any], raw_root: str = "data/raw") -> list[str]:
-    """Where those files live: ``<raw_root>/<folder>/<filename>``."""
+    """Where those files live: ``<raw_root>/<source>/<filename>``."""
     folder = get_source(spec["source"]).raw_folder
     return [f"{raw_root}/{folder}/{f.filename}" for f in remote_files(spec)]
 

@@ -41,7 +41,6 @@ from samcache.data.store import SPLITS, DatasetStore, write_dataset_store
 from samcache.download import RemoteFile
 
 SIZES = (28, 64, 128, 224)
-FOLDER = "medmnist"
 TASKS = {
     "retinamnist": ("grade", "ordinal", None),
     "breastmnist": ("diagnosis", "binary", {"0": "malignant", "1": "normal, benign"}),
@@ -140,7 +139,7 @@ def _build(
     task, task_type, _ = TASKS[flag]
     classes = _class_names(flag)
     files = with_settings(_files(flag, spec), spec)
-    paths, provenance = obtain(files, Path(raw_dir) / FOLDER, spec)
+    paths, provenance = obtain(files, Path(raw_dir) / flag, spec)
     images, labels, split = read_npz(paths[files[0].filename], len(classes))
     size = int(spec.get("image_size", 224))
     return write_dataset_store(
@@ -170,6 +169,5 @@ for _flag, _what in (
             files=functools.partial(_files, _flag),
             build=functools.partial(_build, _flag),
             description=_what,
-            folder=FOLDER,
         )
     )
