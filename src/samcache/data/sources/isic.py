@@ -113,6 +113,9 @@ class Edition:
     label_tasks: Mapping[str, Mapping[str, Any]]
     read_labels: Callable[[Path], dict[str, dict[str, int]]] | None = None
     attribute_names: tuple[str, ...] = ()
+    # An edition without an official validation set: the task whose labels stratify the
+    # validation split drawn from its training images.
+    validation_from_training: str | None = None
 
     def files(self, spec: Mapping[str, Any]) -> list[RemoteFile]:
         out = []
@@ -229,11 +232,15 @@ def build_edition(
     split = np.array([it.split for it in items], dtype=np.uint8)
     labels = {t: np.array([r[t] for r in rows], dtype=np.int64) for t in edition.label_tasks}
     split_origin = "official"
-    if edition.name == "isic2016":
+    task = edition.validation_from_training
+    if task is not None:
         frac, seed = float(spec.get("val_fraction", 0.2)), int(spec.get("split_seed", 0))
         train = np.flatnonzero(split == 0)
-        split[carve_validation(train, labels["melanoma"][train], frac, seed)] = 1
-        split_origin = f"official training/test; validation = {frac:g} of training, stratified on melanoma, seed {seed}"
+        split[carve_validation(train, labels[task][train], frac, seed)] = 1
+        split_origin = (
+            f"official training/test; validation = {frac:g} of training, "
+            f"stratified on {task}, seed {seed}"
+        )
     tasks: dict[str, dict[str, Any]] = {k: dict(v) for k, v in edition.label_tasks.items()}
     tasks["lesion"] = {"type": "segmentation", "classes": ["lesion"], "mask": "masks/lesion"}
     if edition.attribute_names:
@@ -277,6 +284,7 @@ EDITIONS = (
         ),
         {"melanoma": {"type": "binary", "classes": ["benign", "malignant"]}},
         read_labels_2016,
+        validation_from_training="melanoma",
     ),
     Edition(
         "isic2017",
