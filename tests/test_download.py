@@ -141,3 +141,49 @@ def test_tar_symlink_out_of_the_folder_is_refused(tmp_path):
     (tmp_path / "a.tar").write_bytes(buf.getvalue())
     with pytest.raises(UnsafeArchiveError):
         extract_archive(tmp_path / "a.tar", tmp_path / "out")
+
+
+def test_first_download_without_a_checksum_is_recorded_then_enforced(server, tmp_path, caplog):
+    (server.root / "a.zip").write_bytes(_zip({"d/x.txt": b"1" * 1000}))
+    r = RemoteFile.unpublished(server.url("a.zip"), "a.zip")
+    with caplog.at_level("WARNING"):
+        path = fetch(r, tmp_path / "dl", progress=False)
+    digest = hashlib.sha256((server.root / "a.zip").read_bytes()).hexdigest()
+    assert (tmp_path / "dl" / "a.zip.sha256").read_text() == f"{digest}  a.zip\n"
+    assert "no published checksum" in caplog.text and digest in caplog.text
+    path.write_bytes(path.read_bytes()[:-1] + b"!")  # the file changes afterwards
+    with pytest.raises(ChecksumError, match="recorded at its first download"):
+        fetch(r, tmp_path / "dl", progress=False)
+    assert server.hits["a.zip"] == 1
+
+
+def test_damaged_archive_is_not_recorded_on_first_download(server, tmp_path):
+    data = bytearray(_zip({"x.txt": b"abc" * 100}))
+    data[40] ^= 0xFF  # inside the member's data
+    (server.root / "a.zip").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="CRC|damaged"):
+        fetch(RemoteFile.unpublished(server.url("a.zip"), "a.zip"), tmp_path / "dl", progress=False)
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_unpublished_file_placed_by_hand_is_recorded_without_a_download(server, tmp_path):
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    (folder / "file.bin").write_bytes(PAYLOAD)
+    fetch(RemoteFile.unpublished(server.url("file.bin"), "file.bin"), folder, progress=False)
+    assert server.requests == []
+    assert (folder / "file.bin.sha256").read_text().split()[0] == hashlib.sha256(
+        PAYLOAD
+    ).hexdigest()
+
+
+def test_refusing_unverifiable_files_makes_no_request(server, tmp_path):
+    r = RemoteFile.unpublished(server.url("file.bin"), "file.bin")
+    with pytest.raises(DownloadError, match="checksums"):
+        fetch(r, tmp_path / "dl", progress=False, first_download="refuse")
+    assert server.requests == []
+
+
+def test_a_checksum_is_required_unless_declared_unpublished():
+    with pytest.raises(ValueError, match="checksum"):
+        RemoteFile("http://x/y", "y")

@@ -51,3 +51,16 @@ def test_multilabel_strata_use_label_presence():
 def test_bad_fraction():
     with pytest.raises(ValueError):
         fraction_subsample(np.arange(10), np.zeros(10), 0, seed=0)
+
+
+def test_mask_presence_strata_keep_a_rare_attribute_at_ten_percent():
+    # Segmentation tasks stratify on per-channel mask presence (DatasetStore.stratify_on).
+    rng = np.random.default_rng(1)
+    presence = np.zeros((300, 3), np.uint8)
+    presence[:, 0] = rng.uniform(size=300) < 0.6
+    presence[:, 1] = rng.uniform(size=300) < 0.3
+    presence[rng.choice(300, 6, replace=False), 2] = 1  # a rare attribute
+    for seed in range(5):
+        keep = fraction_subsample(np.arange(300), presence, 10, seed)
+        assert presence[keep, 2].any()
+        assert abs(presence[keep, 0].mean() - presence[:, 0].mean()) < 0.1

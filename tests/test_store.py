@@ -98,3 +98,54 @@ def test_synthetic_labels_follow_visible_lesion_properties():
     assert 0.2 < y.mean() < 0.5
     assert roc_auc_score(y[300:], clf.predict_proba(feats[300:])[:, 1]) > 0.8
     assert len(set(x.grade for x in lesions)) == 5
+
+
+def _segmentation_store(tmp_path, **overrides):
+    a = _arrays(n=12, size=16)
+    a["lesion_mask"][5] = 0  # one image without a lesion
+    attrs = np.zeros((12, 3, 16, 16), np.uint8)
+    attrs[::2, 0, 3:6, 3:6] = 1  # channel 0 in the even images
+    attrs[1::3, 2, 0, 0] = 1  # channel 2: a single pixel in every third image
+    tasks = {
+        **a["tasks"],
+        "lesion": {"type": "segmentation", "classes": ["lesion"], "mask": "masks/lesion"},
+        "attributes": {
+            "type": "segmentation",
+            "classes": ["a", "b", "c"],
+            "mask": "masks/attributes",
+        },
+    }
+    kw = {**a, "tasks": tasks, "attributes": attrs, "attribute_names": ("a", "b", "c"), **overrides}
+    return write_dataset_store(tmp_path / "seg.zarr", name="seg", source="t", **kw), a
+
+
+def test_segmentation_tasks_stratify_on_the_presence_of_each_mask_channel(tmp_path):
+    store, a = _segmentation_store(tmp_path)
+    expected = np.zeros((12, 3), np.uint8)
+    expected[::2, 0] = 1
+    expected[1::3, 2] = 1
+    np.testing.assert_array_equal(store.stratify_on("attributes"), expected)
+    lesion = np.ones((12, 1), np.uint8)
+    lesion[5] = 0
+    np.testing.assert_array_equal(store.stratify_on("lesion"), lesion)
+    # classification tasks stratify on their labels, as before
+    np.testing.assert_array_equal(store.stratify_on("y"), a["labels"]["y"])
+    assert store.task("attributes").mask == "masks/attributes"
+    assert store.mask("lesion").shape == (12, 16, 16)
+    with pytest.raises(StoreError, match="not segmentation"):
+        store.mask("y")
+
+
+def test_segmentation_task_without_its_mask_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="masks/attributes"):
+        _segmentation_store(tmp_path, attributes=None)
+
+
+def test_segmentation_task_with_wrong_channel_names_is_refused(tmp_path):
+    store, _ = _segmentation_store(tmp_path)
+    g = open_group(store.path, "r+")
+    tasks = dict(g.attrs["tasks"])
+    tasks["attributes"] = {**tasks["attributes"], "classes": ["a", "b"]}
+    g.attrs["tasks"] = tasks
+    with pytest.raises(StoreError, match="attributes"):
+        DatasetStore(store.path)

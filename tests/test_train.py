@@ -116,3 +116,23 @@ def test_heads_answer_the_interface():
             "attributes",
             "superpixels",
         }
+
+
+def test_classification_subsample_is_stratified_on_the_labels(
+    tmp_path, small_store, small_features
+):
+    from samcache.data.fractions import fraction_subsample, subsample_digest
+
+    rec = train_run(
+        dataset=small_store.path,
+        features=small_features.path,
+        task="grade",
+        method_name="lin",
+        method={**METHOD, "train": {**METHOD["train"], "epochs": 1}},
+        fraction=50,
+        seed=3,
+        out=tmp_path / "r.json",
+    )
+    train = small_store.indices("train")
+    expected = fraction_subsample(train, small_store.labels("grade")[train], 50, 3)
+    assert rec["subsample_digest"] == subsample_digest(expected)

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
+from loopback import Loopback
+from source_fixtures import medmnist_npz, sha256
 
 DEMO = REPO / "workflow" / "config" / "demo.yaml"
 
@@ -47,6 +49,8 @@ def job_counts(output: str) -> dict[str, int]:
         ("train:\n  epochs: many\n", "train.epochs"),
         ("trian:\n  epochs: 3\n", "trian"),
         ("datasets:\n  demo:\n    source: synthetic\n    n_imgs: 10\n", "datasets.demo.n_imgs"),
+        # a key of another source (ISIC 2016's validation split) is an error for ISIC 2017
+        ("datasets:\n  isic2017:\n    val_fraction: 0.1\n", "datasets.isic2017.val_fraction"),
     ],
 )
 def test_config_errors_stop_before_any_job_and_name_the_key(tmp_path, overlay, key):
@@ -68,7 +72,48 @@ def test_a_table_target_schedules_only_the_jobs_it_needs(tmp_path):
     res = snakemake(tmp_path, "--dry-run", "results/tables/demo_table1.md")
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
-    assert counts == {"dataset_synthetic": 1, "features": 1, "train": 36, "table": 1}
+    assert counts == {"dataset": 1, "features": 1, "train": 36, "table": 1}
+
+
+def test_a_paper_store_plans_one_download_per_missing_file(tmp_path):
+    res = snakemake(tmp_path, "--dry-run", "data/stores/isic2017.zarr")
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout) == {"download": 12, "dataset": 1}
+    # A file placed by hand is not downloaded (the dataset job verifies it before use).
+    placed = tmp_path / "data/raw/isic2017/ISIC-2017_Training_Data.zip"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(b"placed by hand")
+    # ... and the seed-001 variant shares the same raw files: nothing more to download.
+    res = snakemake(
+        tmp_path, "--dry-run", "data/stores/isic2017.zarr", "data/stores/isic2017_crop256.zarr"
+    )
+    assert job_counts(res.stdout) == {"download": 11, "dataset": 2}
+
+
+def test_download_and_dataset_rules_build_a_store_from_a_mirror(tmp_path):
+    srv_root = tmp_path / "srv"
+    srv_root.mkdir()
+    npz = medmnist_npz(srv_root / "breastmnist.npz", rgb=False, n_classes=2, size=8)
+    workdir = tmp_path / "wd"
+    with Loopback(srv_root) as srv:
+        overlay = tmp_path / "breast.yaml"
+        overlay.write_text(
+            "datasets:\n  breast_small:\n    source: breastmnist\n    size: 28\n"
+            f"    image_size: 16\n    mirror: http://127.0.0.1:{srv.port}\n"
+            f"    checksums: {{breastmnist.npz: {sha256(npz)}}}\n"
+        )
+        args = ("--configfile", str(DEMO), str(overlay))
+        res = snakemake(workdir, *args, "--cores", "1", "data/stores/breast_small.zarr")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert srv.hits["breastmnist.npz"] == 1
+    assert (workdir / "data/raw/breastmnist/breastmnist.npz").read_bytes() == npz.read_bytes()
+    from samcache.data.store import DatasetStore
+
+    store = DatasetStore(workdir / "data/stores/breast_small.zarr")
+    assert store.images.shape == (22, 16, 16, 3) and "diagnosis" in store.tasks
+    assert (workdir / "logs/download/breastmnist/breastmnist.npz.log").exists()
+    again = snakemake(workdir, *args, "--dry-run", "data/stores/breast_small.zarr")
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.slow

@@ -34,12 +34,40 @@ def load_spec(value: str) -> dict[str, Any]:
 # --- subcommands ----------------------------------------------------------------------------
 
 
+def cmd_download(a: argparse.Namespace) -> None:
+    from samcache.data.sources import get_source, remote_files
+    from samcache.download import fetch
+
+    spec = load_spec(a.spec)
+    folder = Path(a.raw_dir) / get_source(spec.get("source", "")).raw_folder
+    files = remote_files(spec)
+    if a.file:
+        unknown = sorted(set(a.file) - {f.filename for f in files})
+        if unknown:
+            raise ValueError(
+                f"--file {unknown[0]}: not a file of source '{spec['source']}'; its files are "
+                f"{[f.filename for f in files]}"
+            )
+        files = [f for f in files if f.filename in a.file]
+    for f in files:
+        path = fetch(
+            f,
+            folder,
+            retries=a.retries,
+            backoff=a.backoff,
+            timeout=a.timeout,
+            progress=not a.no_progress,
+            first_download=spec.get("first_download", "record"),
+        )
+        log.info("%s is in place and verified", path)
+
+
 def cmd_dataset(a: argparse.Namespace) -> None:
     from samcache.data.sources import get_source
 
     spec = load_spec(a.spec)
     source = get_source(spec.get("source", ""))
-    store = source.build(a.name, spec, Path(a.raw_dir), Path(a.out))
+    store = source.build(a.name, spec, Path(a.raw_dir), Path(a.out), threads=a.threads)
     log.info(
         "wrote %s: %d images, tasks %s, fingerprint %s",
         store.path,
@@ -162,11 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
+    s = sub.add_parser(
+        "download", help="fetch a dataset's files: resumed, retried, checksum-verified"
+    )
+    s.add_argument("--spec", required=True, help="the dataset's config entry (JSON or @file)")
+    s.add_argument("--file", action="append", help="only this file name (repeatable)")
+    s.add_argument(
+        "--raw-dir", default="data/raw", help="raw-data root; files go to <root>/<source>"
+    )
+    s.add_argument("--retries", type=int, default=5, help="retries after a transient failure")
+    s.add_argument(
+        "--backoff", type=float, default=2.0, help="first retry delay, doubled each time"
+    )
+    s.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds without data before a retry"
+    )
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_download)
+
     s = sub.add_parser("dataset", help="build a dataset store")
     s.add_argument("--name", required=True)
     s.add_argument("--spec", required=True, help="the dataset's config entry (JSON or @file)")
-    s.add_argument("--raw-dir", default="data/raw", help="folder of the source's downloaded files")
+    s.add_argument("--raw-dir", default="data/raw", help="raw-data root (its source's files)")
     s.add_argument("--out", required=True, help="the store to write (<name>.zarr)")
+    s.add_argument("--threads", type=int, default=1, help="threads decoding and resizing images")
     s.set_defaults(func=cmd_dataset)
 
     s = sub.add_parser("features", help="extract frozen SAM features into a resumable cache")
@@ -227,11 +274,20 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from samcache.archives import UnsafeArchiveError
+    from samcache.download import DownloadError
     from samcache.zarrio import StoreError
 
     try:
         args.func(args)
-    except (StoreError, FileNotFoundError, KeyError, ValueError) as err:
+    except (
+        StoreError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        DownloadError,
+        UnsafeArchiveError,
+    ) as err:
         log.error("%s", err)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,15 @@
   corrupt download never appears under the final name;
 * when the network cannot be reached the error names the URL and the folder where the file may
   be placed by hand.
+
+Where a checksum comes from is part of the file's description (``RemoteFile.origin``):
+``published`` (by the source or a public record), ``pinned`` (by the user in config), or
+``recorded``: for a file nobody has published a checksum of, the first download is accepted only
+after the transfer is complete (``Content-Length``) and, for zip and tar archives, every member's
+internal CRC has been read back; its SHA-256 is then written beside it as
+``<filename>.sha256`` (``sha256sum -c`` format) with a warning that says so, and every later use
+is verified against that lock file. ``first_download="refuse"`` turns this off: a file with no
+known checksum is then never downloaded.
 """
 
 from __future__ import annotations
@@ -17,16 +26,20 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import tarfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from samcache.progress import progress_bar
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+ORIGINS = ("published", "pinned", "recorded", "none")
+FIRST_DOWNLOAD = ("record", "refuse")
 
 
 @dataclass(frozen=True)
@@ -38,10 +51,27 @@ class RemoteFile:
     sha256: str | None = None
     md5: str | None = None
     size: int | None = None
+    origin: str = "published"  # where the checksum comes from, one of ORIGINS
 
     def __post_init__(self) -> None:
-        if not (self.sha256 or self.md5):
+        if self.origin not in ORIGINS:
+            raise ValueError(f"{self.filename}: checksum origin {self.origin!r} not in {ORIGINS}")
+        if not (self.sha256 or self.md5) and self.origin != "none":
             raise ValueError(f"{self.filename}: a download needs a sha256 or md5 checksum")
+
+    @classmethod
+    def unpublished(cls, url: str, filename: str) -> RemoteFile:
+        """A file nobody has published a checksum of: see the module docstring."""
+        return cls(url, filename, origin="none")
+
+    def describe(self) -> dict[str, object]:
+        """The provenance a dataset store records for this file."""
+        out: dict[str, object] = {"file": self.filename, "url": self.url, "origin": self.origin}
+        if self.sha256:
+            out["sha256"] = self.sha256
+        if self.md5:
+            out["md5"] = self.md5
+        return out
 
 
 class DownloadError(RuntimeError):
@@ -60,6 +90,33 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+def lock_path(folder: str | Path, filename: str) -> Path:
+    """Where the checksum recorded at a file's first download is kept."""
+    return Path(folder) / f"{filename}.sha256"
+
+
+def with_recorded_checksum(remote: RemoteFile, folder: str | Path) -> RemoteFile:
+    """``remote`` with the checksum recorded in its lock file, if it has no other checksum."""
+    lock = lock_path(folder, remote.filename)
+    if remote.origin != "none" or not lock.exists():
+        return remote
+    fields = lock.read_text().split()
+    if len(fields) != 2 or fields[1].lstrip("*") != remote.filename or len(fields[0]) != 64:
+        raise ChecksumError(
+            f"{lock}: not a '<sha256>  {remote.filename}' line; delete it and the file to download "
+            "the file again"
+        )
+    return replace(remote, sha256=fields[0].lower(), origin="recorded")
+
+
+def _origin_hint(remote: RemoteFile, folder: Path) -> str:
+    if remote.origin == "recorded":
+        return f" (recorded at its first download in {lock_path(folder, remote.filename)})"
+    if remote.origin == "pinned":
+        return " (pinned in the dataset's config key 'checksums')"
+    return ""
+
+
 def verify(path: Path, remote: RemoteFile) -> None:
     """Raise ``ChecksumError`` unless ``path`` has the expected size and checksum."""
     if remote.size is not None and path.stat().st_size != remote.size:
@@ -70,8 +127,56 @@ def verify(path: Path, remote: RemoteFile) -> None:
     actual = file_digest(path, algorithm)
     if actual.lower() != str(expected).lower():
         raise ChecksumError(
-            f"{path}: {algorithm} is {actual}, expected {expected} for {remote.url}"
+            f"{path}: {algorithm} is {actual}, expected {expected}"
+            f"{_origin_hint(remote, path.parent)} for {remote.url}"
         )
+
+
+def check_archive(path: Path) -> bool:
+    """Read every member of a zip or tar archive back, so a damaged transfer is caught.
+
+    Returns whether ``path`` is an archive (other files cannot be checked this way).
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            if bad is not None:
+                raise ChecksumError(f"{path}: member '{bad}' fails its CRC check")
+            return True
+        if tarfile.is_tarfile(path):
+            with tarfile.open(path) as tf:
+                for member in tf:
+                    if member.isfile():
+                        with tf.extractfile(member) as f:  # type: ignore[union-attr]
+                            while f.read(CHUNK):
+                                pass
+            return True
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+        raise ChecksumError(f"{path}: damaged archive ({err})") from None
+    return False
+
+
+def _record(path: Path, remote: RemoteFile, how: str) -> RemoteFile:
+    checked = (
+        "every archive member's CRC was read back" if check_archive(path) else "not an archive"
+    )
+    digest = file_digest(path, "sha256")
+    lock = lock_path(path.parent, remote.filename)
+    lock.write_text(f"{digest}  {remote.filename}\n")
+    log.warning(
+        "%s: no published checksum exists; %s (%s), and its SHA-256 %s is now recorded in %s. "
+        "Every later use is verified against it. To pin it for other machines, add it to the "
+        "dataset's config: checksums: {%s: %s}",
+        remote.filename,
+        how,
+        checked,
+        digest,
+        lock,
+        remote.filename,
+        digest,
+    )
+    return replace(remote, sha256=digest, origin="recorded")
 
 
 def _manual_hint(remote: RemoteFile, folder: Path) -> str:
@@ -89,9 +194,23 @@ def fetch(
     backoff: float = 2.0,
     timeout: float = 60.0,
     progress: bool = True,
+    first_download: str = "record",
 ) -> Path:
+    """Return ``folder/<filename>`` verified (see the module docstring), downloading if needed."""
     folder = Path(folder)
     target = folder / remote.filename
+    if first_download not in FIRST_DOWNLOAD:
+        raise ValueError(f"first_download must be one of {FIRST_DOWNLOAD}, not {first_download!r}")
+    remote = with_recorded_checksum(remote, folder)
+    if remote.origin == "none" and first_download == "refuse":
+        raise DownloadError(
+            f"{remote.filename}: no checksum is published for {remote.url} and first_download is "
+            "'refuse'. Pin its SHA-256 in the dataset's config (checksums: {"
+            f"{remote.filename}: <sha256>}}), or allow first_download: record."
+        )
+    if target.exists() and remote.origin == "none":
+        _record(target, remote, f"the file found at {target} (placed by hand) was used")
+        return target
     if target.exists():
         try:
             verify(target, remote)
@@ -140,7 +259,10 @@ def fetch(
             f"at {part} and resumed next time."
         )
     try:
-        verify(part, remote)
+        if remote.origin == "none":
+            _record(part, remote, f"it was downloaded from {remote.url}")
+        else:
+            verify(part, remote)
     except ChecksumError as err:
         part.unlink(missing_ok=True)  # a corrupt transfer must not be resumed
         raise ChecksumError(

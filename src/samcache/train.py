@@ -135,7 +135,8 @@ def train_run(
     taps = list(method.get("taps") or (fs.taps if fs is not None else []))
     train_all = ds.indices("train")
     labels = ds.labels(task)
-    subset = fraction_subsample(train_all, labels[train_all], fraction, seed)
+    # Classification tasks stratify on their labels, segmentation tasks on mask presence.
+    subset = fraction_subsample(train_all, ds.stratify_on(task)[train_all], fraction, seed)
     splits = {"train": subset, "val": ds.indices("val"), "test": ds.indices("test")}
 
     cls = head_class(method["head"])

@@ -50,6 +50,25 @@ def dataset_cfg(name):
     return config["datasets"][name]
 
 
+def dataset_raw_files(name):
+    """The raw files a dataset's store is converted from: data/raw/<source>/<filename>."""
+    from samcache.data.sources import raw_paths
+
+    try:
+        return raw_paths(dataset_cfg(name))
+    except (KeyError, ValueError, ModuleNotFoundError) as err:
+        cfg_error(f"datasets.{name}: {err}")
+
+
+def raw_file_spec(folder, filename):
+    """The config entry of the first dataset (by name) whose source needs this raw file."""
+    target = f"data/raw/{folder}/{filename}"
+    for name in sorted(config["datasets"]):
+        if target in dataset_raw_files(name):
+            return dataset_cfg(name)
+    cfg_error(f"no dataset under 'datasets' needs {target}")
+
+
 def dataset_id(name):
     return dataset_identity(name, dataset_cfg(name))
 

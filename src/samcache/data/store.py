@@ -4,11 +4,17 @@ Layout of ``<name>.zarr`` (Zarr v3)::
 
     images              (N, H, W, 3) uint8      one image per chunk
     split               (N,) uint8              0 = train, 1 = val, 2 = test
-    labels/<task>       (N,) int64 or (N, K) uint8 for multi-label tasks
+    labels/<task>       (N,) int64, or (N, K) uint8 for multi-label and segmentation tasks
     masks/lesion        (N, H, W) uint8         optional, 0/1
     masks/attributes    (N, A, H, W) uint8      optional, 0/1, names in attrs
-    attrs: name, source, tasks {task: {type, classes}}, attribute_names, image_size,
-           sources [{url, file, md5|sha256}], fingerprint, samcache_version
+    attrs: name, source, tasks {task: {type, classes[, mask]}}, attribute_names, image_size,
+           sources [{url, file, md5|sha256, origin}], fingerprint, samcache_version
+
+A task of type ``segmentation`` names its target with ``mask`` (``masks/lesion`` or
+``masks/attributes``; ``classes`` names the channels). Its ``labels/<task>`` holds the
+image-level presence of each channel (1 where the mask has a foreground pixel), computed from the
+stored masks when the store is written: it is what a training fraction stratifies on
+(``DatasetStore.stratify_on``), and an image-level multi-label target where one is wanted.
 
 One store holds every task defined on its images (ISIC 2017's melanoma and seborrheic-keratosis
 labels, the demo's binary and 5-grade labels), so the frozen encoder runs once per image set
@@ -32,7 +38,8 @@ from samcache import __version__
 from samcache.zarrio import StoreError, atomic_dir_path, create_item_array, open_group
 
 SPLITS = ("train", "val", "test")
-TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel")
+TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel", "segmentation")
+MASK_ARRAYS = ("masks/lesion", "masks/attributes")
 STORE_FORMAT = 1
 
 
@@ -43,6 +50,7 @@ class TaskInfo:
     name: str
     type: str
     classes: tuple[str, ...]
+    mask: str | None = None  # segmentation tasks: the mask array they predict
 
     @property
     def n_outputs(self) -> int:
@@ -51,6 +59,8 @@ class TaskInfo:
     @property
     def medmnist_task(self) -> str:
         """The task string ``medmnist.Evaluator`` uses for the same metric conventions."""
+        if self.type == "segmentation":
+            raise ValueError(f"task '{self.name}' is a segmentation task; medmnist has none")
         return {
             "binary": "binary-class",
             "multiclass": "multi-class",
@@ -95,9 +105,11 @@ class DatasetStore:
                 self._fail(f"task '{name}' has no array '{key}'")
             shape = g[key].shape
             k = len(info["classes"])
-            want = (n, k) if info["type"] == "multilabel" else (n,)
+            want = (n, k) if info["type"] in ("multilabel", "segmentation") else (n,)
             if shape != want:
                 self._fail(f"'{key}' has shape {shape}, expected {want}")
+            if info["type"] == "segmentation":
+                self._validate_segmentation(name, info)
         h, w = img.shape[1:3]
         if "masks/lesion" in g and g["masks/lesion"].shape != (n, h, w):
             self._fail(f"'masks/lesion' has shape {g['masks/lesion'].shape}, expected {(n, h, w)}")
@@ -107,6 +119,20 @@ class DatasetStore:
                 self._fail(
                     f"'masks/attributes' has shape {g['masks/attributes'].shape}, expected {(n, a, h, w)}"
                 )
+
+    def _validate_segmentation(self, name: str, info: Mapping[str, object]) -> None:
+        mask = info.get("mask")
+        if mask not in MASK_ARRAYS:
+            self._fail(
+                f"segmentation task '{name}' has mask {mask!r}, expected one of {MASK_ARRAYS}"
+            )
+        if mask not in self.group:
+            self._fail(f"segmentation task '{name}' needs the array '{mask}'")
+        channels = 1 if mask == "masks/lesion" else self.group[mask].shape[1]
+        if len(info["classes"]) != channels:  # type: ignore[arg-type]
+            self._fail(
+                f"segmentation task '{name}' names {len(info['classes'])} classes for {channels} mask channels"
+            )  # type: ignore[arg-type]
 
     # --- contents -------------------------------------------------------------------------
     @property
@@ -132,7 +158,8 @@ class DatasetStore:
     @property
     def tasks(self) -> dict[str, TaskInfo]:
         return {
-            k: TaskInfo(k, v["type"], tuple(v["classes"])) for k, v in self.attrs["tasks"].items()
+            k: TaskInfo(k, v["type"], tuple(v["classes"]), v.get("mask"))
+            for k, v in self.attrs["tasks"].items()
         }
 
     def task(self, name: str) -> TaskInfo:
@@ -144,6 +171,21 @@ class DatasetStore:
     def labels(self, task: str) -> np.ndarray:
         self.task(task)
         return np.asarray(self.group[f"labels/{task}"][:])
+
+    def stratify_on(self, task: str) -> np.ndarray:
+        """What a training fraction of ``task`` is stratified on, one row per item.
+
+        The class labels of a classification task; for a segmentation task the presence of
+        each mask channel, so that a subsample keeps images with each attribute in proportion.
+        """
+        return self.labels(task)
+
+    def mask(self, task: str):  # zarr.Array, (N, H, W) or (N, A, H, W)
+        """The mask array a segmentation task predicts."""
+        info = self.task(task)
+        if info.mask is None:
+            raise StoreError(f"{self.path}: task '{task}' is a {info.type} task, not segmentation")
+        return self.group[info.mask]
 
     def split(self) -> np.ndarray:
         return np.asarray(self.group["split"][:])
@@ -164,6 +206,32 @@ def _hash_update(h: hashlib._Hash, name: str, arr: np.ndarray) -> None:
     arr = np.ascontiguousarray(arr)
     h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
     h.update(arr.tobytes())
+
+
+def _mask_presence(
+    tasks: Mapping[str, Mapping[str, object]],
+    labels: Mapping[str, np.ndarray],
+    lesion_mask: np.ndarray | None,
+    attributes: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Per-channel presence (N, K) of each segmentation task not given labels of its own."""
+    masks = {"masks/lesion": lesion_mask, "masks/attributes": attributes}
+    out = {}
+    for task, info in tasks.items():
+        if info.get("type") != "segmentation" or task in labels:
+            continue
+        m = masks.get(str(info.get("mask")))
+        if m is None:
+            raise ValueError(
+                f"segmentation task '{task}' names mask {info.get('mask')!r}, not given"
+            )
+        m = np.asarray(m)
+        out[task] = (
+            (m.reshape(len(m), 1, -1) if m.ndim == 3 else m.reshape(*m.shape[:2], -1))
+            .any(axis=2)
+            .astype(np.uint8)
+        )
+    return out
 
 
 def write_dataset_store(
@@ -193,6 +261,7 @@ def write_dataset_store(
     split = np.asarray(split, dtype=np.uint8)
     if split.shape != (n,) or split.max(initial=0) > 2:
         raise ValueError("split must be (N,) with values 0 (train), 1 (val), 2 (test)")
+    labels = {**labels, **_mask_presence(tasks, labels, lesion_mask, attributes)}
     tmp = atomic_dir_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)

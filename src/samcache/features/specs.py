@@ -300,9 +300,18 @@ def feature_set_from_config(cfg: Mapping[str, Any], dataset_id: str) -> FeatureS
     )
 
 
+# Dataset settings that change where files come from, not what they contain.
+DOWNLOAD_ONLY_KEYS = ("mirror", "first_download")
+
+
 def dataset_identity(name: str, cfg: Mapping[str, Any]) -> str:
-    """How cache keys name a dataset: its config name and a hash of its config entry."""
-    return f"{name}:{digest(dict(cfg))}"
+    """How cache keys name a dataset: its config name and a hash of its config entry.
+
+    Settings that only say how the source files are obtained are left out, so switching to a
+    mirror does not invalidate caches built from the same verified files.
+    """
+    content = {k: v for k, v in cfg.items() if k not in DOWNLOAD_ONLY_KEYS}
+    return f"{name}:{digest(content)}"
 
 
 SUPERPIXEL_FORMAT = 1

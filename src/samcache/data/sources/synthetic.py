@@ -11,7 +11,9 @@ from samcache.data.store import DatasetStore
 from samcache.data.synthetic import write_synthetic_store
 
 
-def _build(name: str, spec: Mapping[str, Any], raw_dir: Path, out: Path) -> DatasetStore:
+def _build(
+    name: str, spec: Mapping[str, Any], raw_dir: Path, out: Path, *, threads: int = 1
+) -> DatasetStore:
     return write_synthetic_store(
         out,
         name=name,
