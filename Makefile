@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# The demo's config is complete in itself: it replaces config.yaml instead of overlaying it.
+DEMO := --configfile workflow/config/demo.yaml --replace-workflow-config
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test lint dry-run report clean-demo help
@@ -26,13 +28,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile workflow/config/demo.yaml
+	$(BIN)/snakemake --cores $(CORES) $(DEMO)
 
 dry-run: $(STAMP)
-	$(BIN)/snakemake --dry-run --configfile workflow/config/demo.yaml
+	$(BIN)/snakemake --dry-run $(DEMO)
 
 report: $(STAMP)
-	$(BIN)/snakemake --report results/report.html --configfile workflow/config/demo.yaml
+	$(BIN)/snakemake --report results/report.html $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -41,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/snakefmt --check Snakefile workflow
-	$(BIN)/snakemake --lint --configfile workflow/config/demo.yaml
+	$(BIN)/snakemake --lint $(DEMO)
 
 clean-demo:
 	rm -rf data/stores/demo.zarr cache/features/demo cache/superpixels/demo results/runs/demo \

@@ -5,7 +5,7 @@ from pathlib import Path
 #   snakemake --cores all                                  # every table in `targets`
 #   snakemake --cores all results/tables/<name>.md         # one table and only the runs it needs
 #   snakemake -n results/tables/<name>.md                  # show the plan
-#   snakemake --cores all --configfile workflow/config/demo.yaml   # the embedded demo
+#   snakemake --cores all --configfile workflow/config/demo.yaml --replace-workflow-config   # the embedded demo
 
 
 configfile: Path(workflow.basedir) / "config.yaml"

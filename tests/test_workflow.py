@@ -20,7 +20,13 @@ from source_fixtures import medmnist_npz, sha256
 DEMO = REPO / "workflow" / "config" / "demo.yaml"
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+PAPER = REPO / "config.yaml"
+
+
+def snakemake(
+    workdir: Path, *args: str, config: tuple[Path, ...] = (DEMO,), timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """Run Snakemake on ``config`` files alone (the demo by default), replacing config.yaml."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [
@@ -32,7 +38,8 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
         "-d",
         str(workdir),
         "--configfile",
-        str(DEMO),
+        *map(str, config),
+        "--replace-workflow-config",
         *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -44,19 +51,27 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "overlay, key",
+    "base, overlay, key",
     [
-        ("train:\n  epochs: many\n", "train.epochs"),
-        ("trian:\n  epochs: 3\n", "trian"),
-        ("datasets:\n  demo:\n    source: synthetic\n    n_imgs: 10\n", "datasets.demo.n_imgs"),
+        (DEMO, "train:\n  epochs: many\n", "train.epochs"),
+        (DEMO, "trian:\n  epochs: 3\n", "trian"),
+        (
+            DEMO,
+            "datasets:\n  demo:\n    source: synthetic\n    n_imgs: 10\n",
+            "datasets.demo.n_imgs",
+        ),
         # a key of another source (ISIC 2016's validation split) is an error for ISIC 2017
-        ("datasets:\n  isic2017:\n    val_fraction: 0.1\n", "datasets.isic2017.val_fraction"),
+        (
+            PAPER,
+            "datasets:\n  isic2017:\n    val_fraction: 0.1\n",
+            "datasets.isic2017.val_fraction",
+        ),
     ],
 )
-def test_config_errors_stop_before_any_job_and_name_the_key(tmp_path, overlay, key):
+def test_config_errors_stop_before_any_job_and_name_the_key(tmp_path, base, overlay, key):
     bad = tmp_path / "bad.yaml"
     bad.write_text(overlay)
-    res = snakemake(tmp_path, "--configfile", str(DEMO), str(bad), "--cores", "1")
+    res = snakemake(tmp_path, "--cores", "1", config=(base, bad))
     assert res.returncode != 0
     assert key in res.stderr + res.stdout
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
@@ -76,7 +91,7 @@ def test_a_table_target_schedules_only_the_jobs_it_needs(tmp_path):
 
 
 def test_a_paper_store_plans_one_download_per_missing_file(tmp_path):
-    res = snakemake(tmp_path, "--dry-run", "data/stores/isic2017.zarr")
+    res = snakemake(tmp_path, "--dry-run", "data/stores/isic2017.zarr", config=(PAPER,))
     assert res.returncode == 0, res.stderr
     assert job_counts(res.stdout) == {"download": 12, "dataset": 1}
     # A file placed by hand is not downloaded (the dataset job verifies it before use).
@@ -85,7 +100,11 @@ def test_a_paper_store_plans_one_download_per_missing_file(tmp_path):
     placed.write_bytes(b"placed by hand")
     # ... and the seed-001 variant shares the same raw files: nothing more to download.
     res = snakemake(
-        tmp_path, "--dry-run", "data/stores/isic2017.zarr", "data/stores/isic2017_crop256.zarr"
+        tmp_path,
+        "--dry-run",
+        "data/stores/isic2017.zarr",
+        "data/stores/isic2017_crop256.zarr",
+        config=(PAPER,),
     )
     assert job_counts(res.stdout) == {"download": 11, "dataset": 2}
 
@@ -102,8 +121,9 @@ def test_download_and_dataset_rules_build_a_store_from_a_mirror(tmp_path):
             f"    image_size: 16\n    mirror: http://127.0.0.1:{srv.port}\n"
             f"    checksums: {{breastmnist.npz: {sha256(npz)}}}\n"
         )
-        args = ("--configfile", str(DEMO), str(overlay))
-        res = snakemake(workdir, *args, "--cores", "1", "data/stores/breast_small.zarr")
+        res = snakemake(
+            workdir, "--cores", "1", "data/stores/breast_small.zarr", config=(DEMO, overlay)
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert srv.hits["breastmnist.npz"] == 1
     assert (workdir / "data/raw/breastmnist/breastmnist.npz").read_bytes() == npz.read_bytes()
@@ -112,7 +132,7 @@ def test_download_and_dataset_rules_build_a_store_from_a_mirror(tmp_path):
     store = DatasetStore(workdir / "data/stores/breast_small.zarr")
     assert store.images.shape == (22, 16, 16, 3) and "diagnosis" in store.tasks
     assert (workdir / "logs/download/breastmnist/breastmnist.npz.log").exists()
-    again = snakemake(workdir, *args, "--dry-run", "data/stores/breast_small.zarr")
+    again = snakemake(workdir, "--dry-run", "data/stores/breast_small.zarr", config=(DEMO, overlay))
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
