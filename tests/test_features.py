@@ -8,6 +8,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from samcache.data.store import write_dataset_store
 from samcache.features.encoders import build_encoder, encoder_spec
 from samcache.features.extract import extract_features
 from samcache.features.specs import feature_set_from_config, parse_taps
@@ -55,6 +56,30 @@ def test_neck_equals_sam_predictor_set_image(small_store, fp32_features):
         expected = predictor.features[0].numpy()
         got = fp32_features.read("neck", np.array([i]))[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48), (37, 128)])
+def test_neck_equals_sam_predictor_on_non_square_images(tmp_path, shape):
+    """Longest side resized to 128, the other side rounded as SAM rounds it, then padded."""
+    images = np.random.default_rng(sum(shape)).integers(0, 256, (3, *shape, 3), dtype=np.uint8)
+    store = write_dataset_store(
+        tmp_path / "ns.zarr",
+        name="ns",
+        source="test",
+        images=images,
+        split=np.zeros(3),
+        labels={"t": np.zeros(3, dtype=np.int64)},
+        tasks={"t": {"type": "binary", "classes": ["a", "b"]}},
+    )
+    fset = feature_set_from_config(tiny_feature_config(dtype="float32", taps=["neck"]), "ns")
+    fs = extract_features(store.path, tmp_path / "f.zarr", fset, batch_size=2, progress=False)
+    predictor = SamPredictor(_sam_around(build_encoder("vit_tiny", seed=0)))
+    for i in range(3):
+        predictor.set_image(images[i])
+        expected = predictor.features[0].numpy()
+        np.testing.assert_allclose(
+            fs.read("neck", np.array([i]))[0], expected, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_taps_equal_the_blocks_run_by_hand(small_store, fp32_features):

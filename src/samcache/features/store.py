@@ -1,14 +1,51 @@
-"""Reading a feature cache: a read-only view checked against the expected cache key."""
+"""Feature caches on disk: a checked read-only view, and the two rules every writer follows.
+
+* ``exclusive_writer``: one writer per cache at a time (a lock file beside the store), so two
+  jobs pointed at the same cache fail clearly instead of interleaving.
+* ``create_store_atomically``: an empty cache (arrays, flags, attributes) is built in a hidden
+  sibling directory and renamed into place, so a process killed while creating it leaves either
+  nothing or a complete, empty cache; never a directory that opens without its cache key.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from samcache.zarrio import StoreError, open_group
+from samcache.zarrio import StoreError, atomic_dir_path, open_group
+
+
+@contextlib.contextmanager
+def exclusive_writer(path: Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` for the duration; a second writer gets a clear ``StoreError``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{path}: another process is writing this cache") from None
+        yield  # the kernel releases the lock when the process dies, however it dies
+
+
+def create_store_atomically(path: Path, build: Callable[[zarr.Group], None]) -> zarr.Group:
+    """Run ``build`` on a new group in a temporary sibling, then rename it to ``path``.
+
+    Call it while holding ``exclusive_writer(path)``: temporary directories left by killed
+    writers are then safe to delete.
+    """
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = atomic_dir_path(path)
+    build(open_group(tmp, "w"))
+    tmp.rename(path)
+    return open_group(path, "r+")
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import zarr
 from skimage.segmentation import slic
 
 from samcache.data.store import DatasetStore
 from samcache.features.specs import SlicParams
+from samcache.features.store import create_store_atomically, exclusive_writer
 from samcache.progress import progress_bar
 from samcache.zarrio import (
     ItemLedger,
@@ -51,19 +53,9 @@ def _unit(args: tuple[str, int, int, SlicParams]) -> tuple[int, int, np.ndarray]
     return a, b, np.stack([slic_labels(im, params) for im in images])
 
 
-def compute_superpixels(
-    dataset: str | Path,
-    out: str | Path,
-    params: SlicParams,
-    *,
-    key: str,
-    threads: int = 1,
-    unit: int = 16,
-    progress: bool = True,
-) -> Path:
-    out = Path(out)
-    ds = DatasetStore(dataset)
-    h, w = ds.image_shape
+def _open_or_create(
+    out: Path, ds: DatasetStore, params: SlicParams, key: str, unit: int
+) -> zarr.Group:
     if (out / "zarr.json").is_file():
         g = open_group(out, "r+")
         if g.attrs.get("cache_key") != key or g.attrs.get("dataset_fingerprint") != ds.fingerprint:
@@ -71,13 +63,19 @@ def compute_superpixels(
                 f"{out}: holds superpixels built with other settings; delete it to rebuild"
             )
         remove_partial_files(out)
-        unit = int(g.attrs["unit"])
-    else:
-        g = open_group(out, "w")
-        unit = max(1, min(unit, ds.n_items))
+        return g
+    unit = max(1, min(unit, ds.n_items))
+
+    def build(g: zarr.Group) -> None:
         create_item_array(
-            g, "labels", n_items=ds.n_items, item_shape=(h, w), dtype="int32", items_per_shard=unit
+            g,
+            "labels",
+            n_items=ds.n_items,
+            item_shape=ds.image_shape,
+            dtype="int32",
+            items_per_shard=unit,
         )
+        ItemLedger(g, ds.n_items, unit)
         g.attrs.update(
             {
                 "cache_key": key,
@@ -88,28 +86,52 @@ def compute_superpixels(
                 "n_items": ds.n_items,
             }
         )
-    ledger = ItemLedger(g, ds.n_items, unit)
-    todo = ledger.missing_units()
-    labels = g["labels"]
-    bar = progress_bar(total=sum(b - a for a, b in todo), desc="SLIC", unit="img", enable=progress)
-    threads = max(1, min(threads, os.cpu_count() or 1, len(todo) or 1))
-    jobs = [(str(ds.path), a, b, params) for a, b in todo]
-    pool = None
-    try:
-        if threads == 1:
-            results = map(_unit, jobs)
-        else:
-            pool = ProcessPoolExecutor(max_workers=threads)
-            results = pool.map(_unit, jobs)
-        for a, b, lab in results:
-            labels[a:b] = lab
-            ledger.mark(a, b)
-            bar.update(b - a)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    g.attrs["complete"] = True
+
+    return create_store_atomically(out, build)
+
+
+def compute_superpixels(
+    dataset: str | Path,
+    out: str | Path,
+    params: SlicParams,
+    *,
+    key: str,
+    threads: int = 1,
+    unit: int = 16,
+    progress: bool = True,
+) -> Path:
+    """Fill (or finish) the SLIC cache at ``out``, ``threads`` worker processes in parallel.
+
+    A unit's flags are set only after its label maps are written, and a restart recomputes
+    only the units with a missing image, with the unit size the cache was created with.
+    """
+    out = Path(out)
+    ds = DatasetStore(dataset)
+    with exclusive_writer(out):
+        g = _open_or_create(out, ds, params, key, unit)
+        ledger = ItemLedger(g, ds.n_items, int(g.attrs["unit"]))
+        todo = ledger.missing_units()
+        n_todo = sum(b - a for a, b in todo)
+        log.info("%s: %d of %d images already complete", out, ds.n_items - n_todo, ds.n_items)
+        labels = g["labels"]
+        bar = progress_bar(total=n_todo, desc="SLIC", unit="img", enable=progress)
+        threads = max(1, min(threads, len(os.sched_getaffinity(0)), len(todo) or 1))
+        jobs = [(str(ds.path), a, b, params) for a, b in todo]
+        pool = None
+        try:
+            if threads == 1:
+                results = map(_unit, jobs)
+            else:
+                pool = ProcessPoolExecutor(max_workers=threads)
+                results = pool.map(_unit, jobs)
+            for a, b, lab in results:
+                labels[a:b] = lab
+                ledger.mark(a, b)
+                bar.update(b - a)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     return out
 
 
