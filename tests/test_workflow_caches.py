@@ -66,7 +66,10 @@ def test_touching_source_files_or_speed_settings_rebuilds_nothing(built_caches):
     for path in (REPO / "src/samcache/features").glob("*.py"):  # edited code, same settings
         os.utime(path, (now, now))
     assert nothing_to_do(snakemake(work, "--configfile", demo, cfg, "--dry-run", "caches"))
-    faster = {"feature_sets": {"sam_tiny": {"batch_size": 2, "device": "cpu"}}}
+    faster = {
+        "feature_sets": {"sam_tiny": {"batch_size": 2, "device": "cpu"}},
+        "superpixels": {"slic": {"threads": 2}},
+    }
     res = snakemake(
         work, "--configfile", demo, cfg, overlay(work, "fast", faster), "--dry-run", "caches"
     )
