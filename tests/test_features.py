@@ -12,7 +12,7 @@ from samcache.data.store import write_dataset_store
 from samcache.features.encoders import build_encoder, encoder_spec
 from samcache.features.extract import extract_features
 from samcache.features.specs import feature_set_from_config, parse_taps
-from samcache.features.store import FeatureStore
+from samcache.features.store import FeatureStore, read_items
 from samcache.zarrio import StoreError
 
 from conftest import TAPS, tiny_feature_config
@@ -135,6 +135,20 @@ def test_read_returns_rows_in_the_requested_order(small_features):
     a = small_features.read("neck", np.array([7, 2, 30]))
     b = np.stack([small_features.read("neck", np.array([i]))[0] for i in (7, 2, 30)])
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "indices", [[7, 2, 30], [0, 1, 2, 3], [59, 5, 6, 7, 5, 59, 0], [], list(range(60))[::-1]]
+)
+def test_read_items_equals_numpy_indexing(small_features, indices):
+    every = small_features.array("neck")[:]
+    got = read_items(small_features.array("neck"), np.array(indices, dtype=int))
+    np.testing.assert_array_equal(got, every[np.array(indices, dtype=int)])
+
+
+def test_read_items_refuses_indices_out_of_range(small_features):
+    with pytest.raises(IndexError, match="0..59"):
+        read_items(small_features.array("neck"), np.array([3, 60]))
 
 
 def test_resume_recomputes_only_missing_batches(tmp_path, small_store, small_features):

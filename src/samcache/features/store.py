@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +107,39 @@ class FeatureStore:
 
     def read(self, tap: str, indices: np.ndarray) -> np.ndarray:
         """Rows ``indices`` of a tap, in the given order."""
-        indices = np.asarray(indices)
-        order = np.argsort(indices, kind="stable")
-        out = np.empty((len(indices), *self.array(tap).shape[1:]), dtype=self.array(tap).dtype)
-        out[order] = self.array(tap).get_orthogonal_selection((indices[order],))
-        return out
+        return read_items(self.array(tap), indices)
+
+
+#: Threads that read (and decompress) runs of items concurrently.
+READ_THREADS = 4
+
+
+def read_items(array: zarr.Array, indices: np.ndarray) -> np.ndarray:
+    """``array[indices]`` along the first axis, in the given order, fast.
+
+    zarr's (and h5py's) integer-array selection gathers element-wise: measured 30x slower than
+    reading the same items by slices (benchmarks/cache_io.py). Indices are read here as runs of
+    consecutive items, each run one slice, runs in parallel threads (Blosc decompression
+    releases the GIL), then put back in the requested order; repeated indices are read once.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= array.shape[0]):
+        raise IndexError(f"item indices must lie in 0..{array.shape[0] - 1}")
+    unique, inverse = np.unique(indices, return_inverse=True)
+    breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(unique, breaks) if r.size]
+    out = np.empty((len(unique), *array.shape[1:]), dtype=array.dtype)
+    starts = np.cumsum([0] + [b - a for a, b in runs])
+
+    def fill(k: int) -> None:
+        a, b = runs[k]
+        out[starts[k] : starts[k + 1]] = array[a:b]
+
+    if len(runs) > 1:
+        with ThreadPoolExecutor(min(READ_THREADS, len(runs))) as pool:
+            list(pool.map(fill, range(len(runs))))
+    elif runs:
+        fill(0)
+    if len(unique) == len(indices) and (np.diff(indices) > 0).all():
+        return out  # already in the requested order
+    return out[inverse.reshape(-1)]
