@@ -12,9 +12,11 @@ from segment_anything import SamPredictor, sam_model_registry
 
 from samcache.cli import main
 from samcache.data.store import write_dataset_store
+from samcache.download import ChecksumError
 from samcache.features.checkpoints import checkpoint_path, fetch_checkpoint, official_checkpoint
 from samcache.features.extract import extract_features
 from samcache.features.specs import feature_set_from_config
+from samcache.features.store import FeatureStore
 
 from loopback import Loopback
 
@@ -126,3 +128,25 @@ def test_a_wrong_file_placed_by_hand_is_reported_not_loaded(tmp_path):
     (folder / official_checkpoint("vit_b").filename).write_bytes(b"not a checkpoint")
     with pytest.raises(Exception, match="delete it"):
         fetch_checkpoint("vit_b", folder, progress=False)
+
+
+def test_extraction_loads_only_the_weights_its_cache_key_names(tmp_path, small_store):
+    official = feature_set_from_config({"encoder": "vit_b", "taps": ["neck"]}, "small")
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    wrong = folder / official_checkpoint("vit_b").filename
+    wrong.write_bytes(b"not the published file")
+    out = tmp_path / "f.zarr"
+    with pytest.raises(ChecksumError):
+        extract_features(small_store.path, out, official, checkpoint_dir=folder, progress=False)
+    with pytest.raises(ChecksumError):
+        extract_features(small_store.path, out, official, checkpoint=wrong, progress=False)
+    assert not FeatureStore(out, allow_incomplete=True).group["complete"][:].any()
+    random = feature_set_from_config(
+        {"encoder": "vit_b", "weights": "random", "taps": ["neck"]}, "s"
+    )
+    with pytest.raises(ValueError, match="random"):
+        extract_features(small_store.path, tmp_path / "r.zarr", random, checkpoint=wrong)
+    with pytest.raises(ValueError, match="seed"):
+        extract_features(small_store.path, tmp_path / "r.zarr", random, seed=3)
+    assert not (tmp_path / "r.zarr").exists()  # refused before anything was written

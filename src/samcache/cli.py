@@ -61,22 +61,13 @@ def cmd_features(a: argparse.Namespace) -> None:
     fset = feature_set_from_config(spec, a.dataset_id)
     if a.expect_key and fset.key() != a.expect_key:
         raise SystemExit(f"feature-set settings give cache key {fset.key()}, not {a.expect_key}")
-    weights = spec.get("weights", "official")
-    checkpoint = None
-    if weights == "official":
-        from samcache.features.checkpoints import fetch_checkpoint
-
-        checkpoint = fetch_checkpoint(fset.encoder, a.checkpoint_dir, progress=not a.no_progress)
-    elif weights != "random":
-        checkpoint = weights
     store = extract_features(
         a.dataset,
         Path(a.out),
         fset,
-        checkpoint=checkpoint,
+        checkpoint_dir=a.checkpoint_dir,
         batch_size=a.batch_size or spec.get("batch_size", 8),
         device=a.device or spec.get("device", "auto"),
-        seed=spec.get("seed", 0),
         attention=a.attention,
         progress=not a.no_progress,
     )

@@ -34,7 +34,9 @@ import zarr
 from samcache import __version__
 from samcache.data.store import DatasetStore
 from samcache.device import resolve_device
+from samcache.download import verify
 from samcache.features.attention import ATTENTION_IMPLEMENTATIONS
+from samcache.features.checkpoints import CHECKPOINT_DIR, fetch_checkpoint, official_checkpoint
 from samcache.features.cost import cpu_time_estimate
 from samcache.features.encoders import build_encoder
 from samcache.features.pipeline import run_pipeline
@@ -154,13 +156,20 @@ def extract_features(
     fset: FeatureSetSpec,
     *,
     checkpoint: str | Path | None = None,
+    checkpoint_dir: str | Path = CHECKPOINT_DIR,
     batch_size: int = 8,
     device: str = "auto",
-    seed: int = 0,
+    seed: int | None = None,
     attention: str = "auto",
     progress: bool = True,
 ) -> FeatureStore:
     """Fill (or finish) the feature cache at ``out`` for every image of ``dataset``.
+
+    The weights are the feature set's: ``official`` loads the verified checkpoint from
+    ``checkpoint_dir`` (downloading it if it is not there), a path loads that file, ``random``
+    draws them from the feature set's seed (``seed``, if given, must be the same). ``checkpoint``
+    may name the official file's location instead; it is verified against the published SHA-256.
+    Nothing is loaded or downloaded when the cache is already complete.
 
     ``attention``: ``auto`` uses the fused SDPA path where a check on the first image shows it
     as accurate as segment-anything's own attention (``samcache.features.attention``);
@@ -168,6 +177,9 @@ def extract_features(
     """
     if attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, not {attention!r}")
+    seed = _random_seed(fset, seed)
+    if fset.weights != "official" and checkpoint is not None:
+        resolve_checkpoint(fset, checkpoint, checkpoint_dir)  # refuse a mismatch before writing
     out = Path(out)
     ds = DatasetStore(dataset)
     with exclusive_writer(out):
@@ -192,9 +204,40 @@ def extract_features(
         )
         attention = _resumed_attention(g, attention)
         if batches:
+            weights = resolve_checkpoint(fset, checkpoint, checkpoint_dir)
             dev = resolve_device(device)
-            _extract(ds, g, ledger, fset, batches, checkpoint, dev, seed, attention, progress)
+            _extract(ds, g, ledger, fset, batches, weights, dev, seed, attention, progress)
     return FeatureStore(out, expect_key=fset.key(), expect_dataset=ds.fingerprint)
+
+
+def _random_seed(fset: FeatureSetSpec, seed: int | None) -> int:
+    """The seed of random weights, as the cache key names it."""
+    if not fset.weights_id.startswith("random:seed="):
+        return 0  # unused: the weights come from a checkpoint
+    keyed = int(fset.weights_id.split("=", 1)[1])
+    if seed is not None and seed != keyed:
+        raise ValueError(f"seed {seed} differs from the feature set's seed {keyed}")
+    return keyed
+
+
+def resolve_checkpoint(
+    fset: FeatureSetSpec, checkpoint: str | Path | None, checkpoint_dir: str | Path
+) -> Path | None:
+    """The checkpoint file whose weights the cache key names, or None for random weights."""
+    if fset.weights == "random":
+        if checkpoint is not None:
+            raise ValueError(f"weights: random, but a checkpoint was given ({checkpoint})")
+        return None
+    if fset.weights != "official":
+        if checkpoint is not None and Path(checkpoint) != Path(fset.weights):
+            raise ValueError(
+                f"the feature set loads {fset.weights}; refusing the other checkpoint {checkpoint}"
+            )
+        return Path(fset.weights)
+    if checkpoint is None:
+        return fetch_checkpoint(fset.encoder, checkpoint_dir)
+    verify(Path(checkpoint), official_checkpoint(fset.encoder))
+    return Path(checkpoint)
 
 
 def _resumed_attention(g: zarr.Group, requested: str) -> str:
