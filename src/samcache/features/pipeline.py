@@ -21,6 +21,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -123,8 +124,17 @@ def run_pipeline(
     *,
     attention: str = "auto",
     progress: bool = True,
+    busy: dict[str, float] | None = None,
 ) -> str:
-    """Encode and store ``batches``; returns the attention path that was used."""
+    """Encode and store ``batches``; returns the attention path that was used.
+
+    ``busy``, when given, receives the seconds each stage spent working (``load``, ``encode``,
+    ``write``): their sum exceeds the wall time by as much as the stages overlapped. On CUDA,
+    ``encode`` is the host's share (launching kernels); the writer waits for the device.
+    """
+    busy = {} if busy is None else busy
+    for stage in ("load", "encode", "write"):
+        busy.setdefault(stage, 0.0)
     recorder = TapRecorder(encoder, fset.taps)
     pre = SamPreprocess(fset.spec)
     arrays = {t.name: g[t.array_name] for t in fset.taps}
@@ -141,8 +151,11 @@ def run_pipeline(
             for a, b in batches:
                 if stop.is_set():
                     break
+                t0 = time.perf_counter()
                 resized = torch.from_numpy(pre.resize(np.asarray(ds.images[a:b])))
-                loaded.put((a, b, resized.pin_memory() if pin else resized))
+                resized = resized.pin_memory() if pin else resized
+                busy["load"] += time.perf_counter() - t0
+                loaded.put((a, b, resized))
         except BaseException as err:  # surfaced in the main thread
             errors.append(err)
         finally:
@@ -166,7 +179,9 @@ def run_pipeline(
         while (batch := written.get()) is not None:
             try:
                 if not errors:
+                    t0 = time.perf_counter()
                     write(batch)
+                    busy["write"] += time.perf_counter() - t0
                     bar.update(batch.stop - batch.start)
             except BaseException as err:
                 errors.append(err)
@@ -187,11 +202,14 @@ def run_pipeline(
     try:
         while (item := loaded.get()) is not None:
             a, b, resized = item
+            t0 = time.perf_counter()
             x = pre.to_input(resized, device)
             if chosen == "auto":
                 chosen = choose_attention(recorder, x[:1], autocast)
                 g.attrs["attention"] = chosen  # before any batch is flagged: resumes reuse it
-            written.put(encode_batch(recorder, fset, x, autocast, a, b))
+            encoded = encode_batch(recorder, fset, x, autocast, a, b)
+            busy["encode"] += time.perf_counter() - t0
+            written.put(encoded)
             if errors:
                 break
         else:

@@ -8,6 +8,7 @@ unit's flags are set only after its label maps are written.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -47,9 +48,16 @@ def slic_labels(image: np.ndarray, params: SlicParams) -> np.ndarray:
     ).astype(np.int32)
 
 
+@functools.cache
+def _images(path: str) -> zarr.Array:
+    """The store's images, opened once per worker process (validating the store costs more
+    than a unit of small images)."""
+    return DatasetStore(path).images
+
+
 def _unit(args: tuple[str, int, int, SlicParams]) -> tuple[int, int, np.ndarray]:
     path, a, b, params = args
-    images = np.asarray(DatasetStore(path).images[a:b])
+    images = np.asarray(_images(path)[a:b])
     return a, b, np.stack([slic_labels(im, params) for im in images])
 
 
