@@ -199,6 +199,16 @@ def test_cache_key_tracks_what_changes_values_and_ignores_speed_settings():
     assert feature_set_from_config(tiny_feature_config(), "d:2").key() != base
 
 
+def test_cache_key_tracks_encoder_and_checkpoint():
+    def key(**cfg):
+        return feature_set_from_config({"taps": ["neck"], **cfg}, "d:1").key()
+
+    assert key(encoder="vit_b") != key(encoder="vit_l")  # official weights of each
+    ckpt = {"encoder": "vit_b", "weights": "/ckpt/finetuned.pth"}
+    assert key(**ckpt, checkpoint_sha256="a" * 64) != key(**ckpt, checkpoint_sha256="b" * 64)
+    assert key(**ckpt, checkpoint_sha256="a" * 64) != key(encoder="vit_b")
+
+
 def test_bad_taps_are_refused():
     with pytest.raises(ValueError, match="blocks 1..4"):
         feature_set_from_config(tiny_feature_config(taps=["block:5"]), "d")
