@@ -140,7 +140,9 @@ def test_read_returns_rows_in_the_requested_order(small_features):
 @pytest.mark.parametrize(
     "indices", [[7, 2, 30], [0, 1, 2, 3], [59, 5, 6, 7, 5, 59, 0], [], list(range(60))[::-1]]
 )
-def test_read_items_equals_numpy_indexing(small_features, indices):
+@pytest.mark.parametrize("merge_gap_bytes", [0, 1 << 20])  # exact runs; runs merged over gaps
+def test_read_items_equals_numpy_indexing(small_features, indices, merge_gap_bytes, monkeypatch):
+    monkeypatch.setattr("samcache.features.store.MERGE_GAP_BYTES", merge_gap_bytes)
     every = small_features.array("neck")[:]
     got = read_items(small_features.array("neck"), np.array(indices, dtype=int))
     np.testing.assert_array_equal(got, every[np.array(indices, dtype=int)])

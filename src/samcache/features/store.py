@@ -112,6 +112,9 @@ class FeatureStore:
 
 #: Threads that read (and decompress) runs of items concurrently.
 READ_THREADS = 4
+#: Runs of items closer than this many bytes are read as one slice: for small items a few
+#: unneeded ones cost less than another read call.
+MERGE_GAP_BYTES = 1 << 20
 
 
 def read_items(array: zarr.Array, indices: np.ndarray) -> np.ndarray:
@@ -119,21 +122,28 @@ def read_items(array: zarr.Array, indices: np.ndarray) -> np.ndarray:
 
     zarr's (and h5py's) integer-array selection gathers element-wise: measured 30x slower than
     reading the same items by slices (benchmarks/cache_io.py). Indices are read here as runs of
-    consecutive items, each run one slice, runs in parallel threads (Blosc decompression
-    releases the GIL), then put back in the requested order; repeated indices are read once.
+    consecutive items (small items: runs with gaps under ``MERGE_GAP_BYTES``), each run one
+    slice, runs in parallel threads (Blosc decompression releases the GIL), then put back in
+    the requested order; repeated indices are read once.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= array.shape[0]):
         raise IndexError(f"item indices must lie in 0..{array.shape[0] - 1}")
     unique, inverse = np.unique(indices, return_inverse=True)
-    breaks = np.flatnonzero(np.diff(unique) != 1) + 1
-    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(unique, breaks) if r.size]
+    item_bytes = max(1, int(np.prod(array.shape[1:])) * array.dtype.itemsize)
+    max_gap = MERGE_GAP_BYTES // item_bytes  # 0 for items over 1 MiB: exact runs only
+    breaks = np.flatnonzero(np.diff(unique) > max_gap + 1) + 1
+    groups = [g for g in np.split(unique, breaks) if g.size]
+    runs = [(int(g[0]), int(g[-1]) + 1) for g in groups]
     out = np.empty((len(unique), *array.shape[1:]), dtype=array.dtype)
-    starts = np.cumsum([0] + [b - a for a, b in runs])
+    starts = np.cumsum([0] + [len(g) for g in groups])
 
     def fill(k: int) -> None:
         a, b = runs[k]
-        out[starts[k] : starts[k + 1]] = array[a:b]
+        block = array[a:b]
+        out[starts[k] : starts[k + 1]] = (
+            block if len(block) == len(groups[k]) else block[groups[k] - a]
+        )
 
     if len(runs) > 1:
         with ThreadPoolExecutor(min(READ_THREADS, len(runs))) as pool:
