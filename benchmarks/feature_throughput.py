@@ -43,7 +43,7 @@ from samcache.device import resolve_device
 from samcache.features.attention import use_sdpa
 from samcache.features.cost import encoder_flops, matmul_tflops
 from samcache.features.encoders import build_encoder
-from samcache.features.extract import _float32_means_float32, open_or_create_cache
+from samcache.features.extract import no_tf32_for_float32, open_or_create_cache
 from samcache.features.pipeline import autocast_factory, choose_attention, run_pipeline
 from samcache.features.preprocess import SamPreprocess
 from samcache.features.specs import encoder_spec, feature_set_from_config
@@ -115,7 +115,7 @@ class Baseline:
         synchronize(self.device)
         start = time.perf_counter()
         encoder = self.predictor.model.image_encoder  # shared with the pipeline: its own path
-        with _float32_means_float32(self.device, "float32"), use_sdpa(encoder, False):
+        with no_tf32_for_float32(self.device, "float32"), use_sdpa(encoder, False):
             for img in images:
                 self.predictor.set_image(img)
                 self.predictor.features.cpu().numpy()
@@ -144,7 +144,7 @@ class Pipeline:
             x = pre.to_input(torch.from_numpy(pre.resize(np.asarray(store.images[:1]))), device)
             autocast = autocast_factory(device, args.compute_dtype)
             t0 = time.perf_counter()
-            with _float32_means_float32(device, args.compute_dtype):
+            with no_tf32_for_float32(device, args.compute_dtype):
                 self.attention = choose_attention(TapRecorder(encoder, self.fset.taps), x, autocast)
             self.check_s = time.perf_counter() - t0
 
@@ -152,7 +152,7 @@ class Pipeline:
         busy: dict[str, float] = {}
         synchronize(self.device)
         start = time.perf_counter()
-        with _float32_means_float32(self.device, self.fset.compute_dtype):
+        with no_tf32_for_float32(self.device, self.fset.compute_dtype):
             run_pipeline(
                 self.store,
                 self.g,

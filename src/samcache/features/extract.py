@@ -137,7 +137,7 @@ def open_or_create_cache(
 
 
 @contextlib.contextmanager
-def _float32_means_float32(device: torch.device, compute_dtype: str) -> Iterator[None]:
+def no_tf32_for_float32(device: torch.device, compute_dtype: str) -> Iterator[None]:
     """On CUDA, float32 compute must not silently use TF32 (cuDNN allows it by default)."""
     if device.type != "cuda" or compute_dtype != "float32":
         yield
@@ -268,7 +268,7 @@ def _extract(ds, g, ledger, fset, batches, checkpoint, device, seed, attention, 
     start = time.perf_counter()
     encoder = build_encoder(spec.name, checkpoint, seed=seed).to(device)
     log.info("built %s on %s in %.1f s", spec.name, device, time.perf_counter() - start)
-    with _float32_means_float32(device, fset.compute_dtype):
+    with no_tf32_for_float32(device, fset.compute_dtype):
         chosen = run_pipeline(
             ds, g, ledger, fset, encoder, batches, device, attention=attention, progress=progress
         )
