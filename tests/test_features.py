@@ -8,10 +8,11 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from samcache.data.store import write_dataset_store
 from samcache.features.encoders import build_encoder, encoder_spec
 from samcache.features.extract import extract_features
 from samcache.features.specs import feature_set_from_config, parse_taps
-from samcache.features.store import FeatureStore
+from samcache.features.store import FeatureStore, read_items
 from samcache.zarrio import StoreError
 
 from conftest import TAPS, tiny_feature_config
@@ -55,6 +56,30 @@ def test_neck_equals_sam_predictor_set_image(small_store, fp32_features):
         expected = predictor.features[0].numpy()
         got = fp32_features.read("neck", np.array([i]))[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48), (37, 128)])
+def test_neck_equals_sam_predictor_on_non_square_images(tmp_path, shape):
+    """Longest side resized to 128, the other side rounded as SAM rounds it, then padded."""
+    images = np.random.default_rng(sum(shape)).integers(0, 256, (3, *shape, 3), dtype=np.uint8)
+    store = write_dataset_store(
+        tmp_path / "ns.zarr",
+        name="ns",
+        source="test",
+        images=images,
+        split=np.zeros(3),
+        labels={"t": np.zeros(3, dtype=np.int64)},
+        tasks={"t": {"type": "binary", "classes": ["a", "b"]}},
+    )
+    fset = feature_set_from_config(tiny_feature_config(dtype="float32", taps=["neck"]), "ns")
+    fs = extract_features(store.path, tmp_path / "f.zarr", fset, batch_size=2, progress=False)
+    predictor = SamPredictor(_sam_around(build_encoder("vit_tiny", seed=0)))
+    for i in range(3):
+        predictor.set_image(images[i])
+        expected = predictor.features[0].numpy()
+        np.testing.assert_allclose(
+            fs.read("neck", np.array([i]))[0], expected, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_taps_equal_the_blocks_run_by_hand(small_store, fp32_features):
@@ -112,6 +137,22 @@ def test_read_returns_rows_in_the_requested_order(small_features):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "indices", [[7, 2, 30], [0, 1, 2, 3], [59, 5, 6, 7, 5, 59, 0], [], list(range(60))[::-1]]
+)
+@pytest.mark.parametrize("merge_gap_bytes", [0, 1 << 20])  # exact runs; runs merged over gaps
+def test_read_items_equals_numpy_indexing(small_features, indices, merge_gap_bytes, monkeypatch):
+    monkeypatch.setattr("samcache.features.store.MERGE_GAP_BYTES", merge_gap_bytes)
+    every = small_features.array("neck")[:]
+    got = read_items(small_features.array("neck"), np.array(indices, dtype=int))
+    np.testing.assert_array_equal(got, every[np.array(indices, dtype=int)])
+
+
+def test_read_items_refuses_indices_out_of_range(small_features):
+    with pytest.raises(IndexError, match="0..59"):
+        read_items(small_features.array("neck"), np.array([3, 60]))
+
+
 def test_resume_recomputes_only_missing_batches(tmp_path, small_store, small_features):
     import shutil
 
@@ -158,6 +199,16 @@ def test_cache_key_tracks_what_changes_values_and_ignores_speed_settings():
     ):
         assert feature_set_from_config(tiny_feature_config(**change), "d:1").key() != base, change
     assert feature_set_from_config(tiny_feature_config(), "d:2").key() != base
+
+
+def test_cache_key_tracks_encoder_and_checkpoint():
+    def key(**cfg):
+        return feature_set_from_config({"taps": ["neck"], **cfg}, "d:1").key()
+
+    assert key(encoder="vit_b") != key(encoder="vit_l")  # official weights of each
+    ckpt = {"encoder": "vit_b", "weights": "/ckpt/finetuned.pth"}
+    assert key(**ckpt, checkpoint_sha256="a" * 64) != key(**ckpt, checkpoint_sha256="b" * 64)
+    assert key(**ckpt, checkpoint_sha256="a" * 64) != key(encoder="vit_b")
 
 
 def test_bad_taps_are_refused():

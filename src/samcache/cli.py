@@ -89,24 +89,27 @@ def cmd_features(a: argparse.Namespace) -> None:
     fset = feature_set_from_config(spec, a.dataset_id)
     if a.expect_key and fset.key() != a.expect_key:
         raise SystemExit(f"feature-set settings give cache key {fset.key()}, not {a.expect_key}")
-    weights = spec.get("weights", "official")
-    checkpoint = None
-    if weights == "official":
-        checkpoint = a.checkpoint or fset.spec.checkpoint_filename
-    elif weights != "random":
-        checkpoint = weights
     store = extract_features(
         a.dataset,
         Path(a.out),
         fset,
-        checkpoint=checkpoint,
-        batch_size=spec.get("batch_size", 8),
-        device=spec.get("device", "auto"),
-        seed=spec.get("seed", 0),
+        checkpoint_dir=a.checkpoint_dir,
+        batch_size=a.batch_size or spec.get("batch_size", 8),
+        device=a.device or spec.get("device", "auto"),
+        attention=a.attention,
         progress=not a.no_progress,
     )
     if a.manifest:
         _write_manifest(a.manifest, {"kind": "features", "path": str(store.path), **store.attrs})
+
+
+def cmd_checkpoint(a: argparse.Namespace) -> None:
+    from samcache.features.checkpoints import fetch_checkpoint
+
+    path = fetch_checkpoint(
+        a.encoder, a.dir, url=a.url, sha256=a.sha256, size=a.size, progress=not a.no_progress
+    )
+    log.info("checkpoint ready: %s", path)
 
 
 def cmd_superpixels(a: argparse.Namespace) -> None:
@@ -176,9 +179,18 @@ def cmd_info(a: argparse.Namespace) -> None:
 
 
 def _write_manifest(path: str, obj: dict[str, Any]) -> None:
-    from samcache.train import write_json_atomic
+    """Written to a temporary name and renamed: Snakemake never sees half a manifest.
 
-    write_json_atomic(path, obj)
+    Deliberately not ``samcache.train.write_json_atomic``: importing the training stack
+    (torch, scikit-learn) costs the SLIC job many times its own run time on a small dataset.
+    """
+    import os
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    tmp.replace(out)
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -221,12 +233,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset-id", required=True, help="dataset identity for the cache key")
     s.add_argument("--spec", required=True, help="the feature set's config entry (JSON or @file)")
     s.add_argument("--out", required=True, help="feature store to create or resume")
-    s.add_argument("--checkpoint", help="path of the official checkpoint (weights: official)")
+    s.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints",
+        help="folder of official checkpoints (weights: official); downloaded there if missing",
+    )
     s.add_argument("--expect-key", help="fail unless the settings give this cache key")
     s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = its default)")
+    s.add_argument("--batch-size", type=int, default=0, help="override the spec's batch_size")
+    s.add_argument("--device", default="", help="override the spec's device (auto, cpu, cuda:0)")
+    s.add_argument(
+        "--attention",
+        choices=["auto", "sdpa", "original"],
+        default="auto",
+        help="attention path: auto uses fused SDPA where it checks out as exact enough",
+    )
     s.add_argument("--manifest", help="write a JSON manifest here when complete")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("checkpoint", help="download and verify an official SAM checkpoint")
+    s.add_argument("--encoder", required=True, help="vit_h, vit_l or vit_b")
+    s.add_argument("--dir", default="checkpoints", help="folder to download into or look in")
+    s.add_argument("--url", help="another source than the official URL (needs --sha256)")
+    s.add_argument("--sha256", help="SHA-256 of the file at --url")
+    s.add_argument("--size", type=int, help="size in bytes of the file at --url")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_checkpoint)
 
     s = sub.add_parser("superpixels", help="compute SLIC label maps into a resumable cache")
     s.add_argument("--dataset", required=True)
@@ -282,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (
         StoreError,
+        DownloadError,
+        UnsafeArchiveError,
         FileNotFoundError,
         KeyError,
         ValueError,
-        DownloadError,
-        UnsafeArchiveError,
+        FloatingPointError,
     ) as err:
         log.error("%s", err)
         return 1

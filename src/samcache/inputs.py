@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from samcache.data.store import DatasetStore
-from samcache.features.store import FeatureStore
+from samcache.features.store import FeatureStore, read_items
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -127,9 +127,7 @@ class RunInputs:
 
     def _prepare(self, key: str, arr, items: np.ndarray) -> np.ndarray:
         """Rows ``items`` of a store array, channels first, at the head's input size."""
-        order = np.argsort(items, kind="stable")
-        x = np.empty((len(items), *arr.shape[1:]), dtype=arr.dtype)
-        x[order] = arr.get_orthogonal_selection((items[order],))
+        x = read_items(arr, items)
         if key == "image":
             x = x.transpose(0, 3, 1, 2)
         elif key in ("lesion_mask", "superpixels"):
@@ -184,10 +182,7 @@ class RunInputs:
     def _rows(self, v, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         if not self.lazy:
             return v[rows]
-        order = np.argsort(items, kind="stable")
-        x = np.empty((len(items), *v.shape[1:]), dtype=v.dtype)
-        x[order] = v.get_orthogonal_selection((np.asarray(items)[order],))
-        return x
+        return read_items(v, np.asarray(items))  # integer-array selection is 30x slower
 
     @staticmethod
     def _to_tensor(key: str, x: np.ndarray) -> torch.Tensor:

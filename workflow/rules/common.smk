@@ -14,6 +14,10 @@ shell.prefix("export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % SRC)
 
 from samcache import __version__ as SAMCACHE_VERSION  # noqa: E402
 from samcache.config import config_error_message  # noqa: E402
+from samcache.features.checkpoints import (
+    CHECKPOINT_DIR,
+    official_checkpoint,
+)  # noqa: E402
 from samcache.features.specs import (  # noqa: E402
     dataset_identity,
     feature_set_from_config,
@@ -85,6 +89,57 @@ def feature_set(dataset, fset):
 
 def feature_dir(dataset, fset):
     return f"cache/features/{dataset}/{fset}-{feature_set(dataset, fset).key()}"
+
+
+#: Settings of a feature set that change only speed, never values: not part of the cache key
+#: and not a rerun trigger.
+FEATURE_EXECUTION_KEYS = ("batch_size", "device")
+
+
+def feature_cache_settings(fset):
+    return {
+        k: v
+        for k, v in config["feature_sets"][fset].items()
+        if k not in FEATURE_EXECUTION_KEYS
+    }
+
+
+def feature_execution_args(fset):
+    cfg = config["feature_sets"][fset]
+    return f"--batch-size {int(cfg['batch_size'])} --device {cfg['device']}"
+
+
+OFFICIAL_CHECKPOINTS = {
+    official_checkpoint(e).filename: e for e in ("vit_h", "vit_l", "vit_b")
+}
+
+
+def checkpoint_encoder(filename):
+    if filename not in OFFICIAL_CHECKPOINTS:
+        cfg_error(
+            f"'{filename}' is not an official SAM checkpoint ({sorted(OFFICIAL_CHECKPOINTS)})"
+        )
+    return OFFICIAL_CHECKPOINTS[filename]
+
+
+def feature_checkpoint(fset):
+    """The checkpoint file a feature set loads ([] for random weights).
+
+    ancient(): a checkpoint downloaded again, or touched, has the same content (its SHA-256 is
+    in the cache key), so its modification time must not rerun the cache.
+    """
+    cfg = config["feature_sets"][fset]
+    if cfg["weights"] == "random":
+        return []
+    if cfg["weights"] == "official":
+        return ancient(
+            f"{CHECKPOINT_DIR}/{official_checkpoint(cfg['encoder']).filename}"
+        )
+    return ancient(cfg["weights"])
+
+
+def slic_settings(spset):
+    return {k: v for k, v in config["superpixels"][spset].items() if k != "threads"}
 
 
 def superpixel_dir(dataset, spset):

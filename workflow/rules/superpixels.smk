@@ -1,5 +1,9 @@
 rule superpixels:
-    """SLIC label maps for every image of a dataset, in parallel over images, resumable."""
+    """SLIC label maps for every image of a dataset, in parallel over images, resumable.
+
+    threads (worker processes) only change speed: they are left out of params.spec, the rerun
+    trigger, like the feature rule's batch size.
+    """
     input:
         store=lambda w: dataset_store(w.dataset),
     output:
@@ -13,7 +17,7 @@ rule superpixels:
     threads: lambda w: config["superpixels"][w.spset]["threads"]
     params:
         store=lambda w, output: str(Path(output.manifest).parent / "superpixels.zarr"),
-        spec=lambda w: json.dumps(config["superpixels"][w.spset], sort_keys=True),
+        spec=lambda w: json.dumps(slic_settings(w.spset), sort_keys=True),
         dataset_id=lambda w: dataset_id(w.dataset),
     shell:
         "python -m samcache superpixels --dataset {input.store} --dataset-id {params.dataset_id:q} "

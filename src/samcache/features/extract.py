@@ -4,39 +4,49 @@ Layout of ``features.zarr``::
 
     <tap array>   (N, C, g, g) float16 by default, one image per chunk, shards of whole batches
     complete      (N,) bool, set for a batch only after all of its tap arrays are written
-    attrs: cache_key, key_fields, dataset_fingerprint, batch_size, items_per_shard, taps
+    attrs: cache_key, key_fields, dataset_fingerprint, batch_size, items_per_shard, taps,
+           extractions (device, attention path and versions of every run that wrote to it)
 
 Work is done in fixed batches ``[k*B, (k+1)*B)``. A restarted extraction recomputes exactly the
 batches that have an incomplete image, with the same batch composition as the first attempt, so
-the resumed store equals an uninterrupted one value for value. Reading, the forward pass and
-writing overlap: a loader thread resizes the next batch while the device computes, and a writer
-thread compresses and stores the previous batch.
+the resumed store equals an uninterrupted one value for value. The empty store is created in a
+temporary directory and renamed into place, every chunk file is written to a temporary name and
+renamed (zarr's ``LocalStore``), and a batch's flags are written after its data: a process
+killed at any instant leaves images that are complete or that read as missing.
+
+Three stages overlap (``samcache.features.pipeline``): a loader thread reads and resizes the
+next batch, the main thread runs the encoder, and a writer thread compresses and stores the
+previous batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 
+from samcache import __version__
 from samcache.data.store import DatasetStore
 from samcache.device import resolve_device
+from samcache.download import verify
+from samcache.features.attention import ATTENTION_IMPLEMENTATIONS
+from samcache.features.checkpoints import CHECKPOINT_DIR, fetch_checkpoint, official_checkpoint
+from samcache.features.cost import cpu_time_estimate
 from samcache.features.encoders import build_encoder
-from samcache.features.preprocess import SamPreprocess
+from samcache.features.pipeline import run_pipeline
 from samcache.features.specs import FeatureSetSpec
-from samcache.features.store import FeatureStore, TapInfo
-from samcache.features.taps import TapRecorder
-from samcache.progress import progress_bar
+from samcache.features.store import (
+    FeatureStore,
+    TapInfo,
+    create_store_atomically,
+    exclusive_writer,
+)
 from samcache.zarrio import (
     ItemLedger,
     StoreError,
@@ -59,49 +69,33 @@ def _choose_items_per_shard(batch_size: int, item_bytes: int) -> int:
     return best
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Refuse a second writer on the same cache instead of letting two interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"{path}: another process is writing this cache") from None
-        yield
+def _check_existing(out: Path, fset: FeatureSetSpec, ds: DatasetStore) -> zarr.Group:
+    g = open_group(out, "r+")
+    attrs = dict(g.attrs)
+    if attrs.get("cache_key") != fset.key():
+        old, new = attrs.get("key_fields", {}), fset.key_fields()
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise StoreError(
+            f"{out}: holds a cache built with other settings (differs in: {', '.join(differ)}). "
+            "Delete it or give the new settings their own cache path; samcache never mixes the two."
+        )
+    if attrs.get("dataset_fingerprint") != ds.fingerprint:
+        raise StoreError(
+            f"{out}: was started from another version of {ds.path}; delete it to rebuild."
+        )
+    removed = remove_partial_files(out)
+    if removed:
+        log.info("removed %d partial files left by an interrupted run", removed)
+    return g
 
 
-def _open_or_create(
-    out: Path, fset: FeatureSetSpec, ds: DatasetStore, batch_size: int
-) -> zarr.Group:
-    key = fset.key()
-    if (out / "zarr.json").is_file():
-        g = open_group(out, "r+")
-        attrs = dict(g.attrs)
-        if attrs.get("cache_key") != key:
-            old, new = attrs.get("key_fields", {}), fset.key_fields()
-            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise StoreError(
-                f"{out}: holds a cache built with other settings (differs in: {', '.join(differ)}). "
-                "Delete it or give the new settings their own cache path; samcache never mixes the two."
-            )
-        if attrs.get("dataset_fingerprint") != ds.fingerprint:
-            raise StoreError(
-                f"{out}: was started from another version of {ds.path}; delete it to rebuild."
-            )
-        removed = remove_partial_files(out)
-        if removed:
-            log.info("removed %d partial files left by an interrupted run", removed)
-        return g
+def _build_empty(g: zarr.Group, fset: FeatureSetSpec, ds: DatasetStore, batch_size: int) -> None:
     spec = fset.spec
-    g = open_group(out, "w")
-    taps = []
-    item_bytes = 0
-    for t in fset.taps:
-        grid = t.stored_grid(spec)
-        c = spec.tap_channels(t.name)
-        taps.append(TapInfo(t.name, t.array_name, c, grid, t.dtype))
-        item_bytes = max(item_bytes, c * grid * grid * np.dtype(t.dtype).itemsize)
+    taps = [
+        TapInfo(t.name, t.array_name, spec.tap_channels(t.name), t.stored_grid(spec), t.dtype)
+        for t in fset.taps
+    ]
+    item_bytes = max(t.channels * t.grid**2 * np.dtype(t.dtype).itemsize for t in taps)
     per_shard = _choose_items_per_shard(batch_size, item_bytes)
     for t in taps:
         create_item_array(
@@ -115,7 +109,7 @@ def _open_or_create(
     ItemLedger(g, ds.n_items, per_shard)
     g.attrs.update(
         {
-            "cache_key": key,
+            "cache_key": fset.key(),
             "key_fields": fset.key_fields(),
             "dataset_fingerprint": ds.fingerprint,
             "dataset_path": str(ds.path),
@@ -124,9 +118,36 @@ def _open_or_create(
             "items_per_shard": per_shard,
             "taps": [t.__dict__ for t in taps],
             "weights": fset.weights,
+            "extractions": [],
         }
     )
-    return g
+
+
+def open_or_create_cache(
+    out: Path, fset: FeatureSetSpec, ds: DatasetStore, batch_size: int
+) -> zarr.Group:
+    """The cache at ``out``: checked against the settings if it exists, else created empty."""
+    if (out / "zarr.json").is_file():
+        return _check_existing(out, fset, ds)
+    if out.exists() and any(out.iterdir()):
+        raise StoreError(f"{out}: exists but is not a feature cache (no zarr.json); delete it")
+    if out.exists():
+        out.rmdir()
+    return create_store_atomically(out, lambda g: _build_empty(g, fset, ds, batch_size))
+
+
+@contextlib.contextmanager
+def no_tf32_for_float32(device: torch.device, compute_dtype: str) -> Iterator[None]:
+    """On CUDA, float32 compute must not silently use TF32 (cuDNN allows it by default)."""
+    if device.type != "cuda" or compute_dtype != "float32":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def extract_features(
@@ -135,16 +156,34 @@ def extract_features(
     fset: FeatureSetSpec,
     *,
     checkpoint: str | Path | None = None,
+    checkpoint_dir: str | Path = CHECKPOINT_DIR,
     batch_size: int = 8,
     device: str = "auto",
-    seed: int = 0,
+    seed: int | None = None,
+    attention: str = "auto",
     progress: bool = True,
 ) -> FeatureStore:
-    """Fill (or finish) the feature cache at ``out`` for every image of ``dataset``."""
+    """Fill (or finish) the feature cache at ``out`` for every image of ``dataset``.
+
+    The weights are the feature set's: ``official`` loads the verified checkpoint from
+    ``checkpoint_dir`` (downloading it if it is not there), a path loads that file, ``random``
+    draws them from the feature set's seed (``seed``, if given, must be the same). ``checkpoint``
+    may name the official file's location instead; it is verified against the published SHA-256.
+    Nothing is loaded or downloaded when the cache is already complete.
+
+    ``attention``: ``auto`` uses the fused SDPA path where a check on the first image shows it
+    as accurate as segment-anything's own attention (``samcache.features.attention``);
+    ``sdpa`` or ``original`` force one path.
+    """
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, not {attention!r}")
+    seed = _random_seed(fset, seed)
+    if fset.weights != "official" and checkpoint is not None:
+        resolve_checkpoint(fset, checkpoint, checkpoint_dir)  # refuse a mismatch before writing
     out = Path(out)
     ds = DatasetStore(dataset)
-    with _exclusive(out):
-        g = _open_or_create(out, fset, ds, batch_size)
+    with exclusive_writer(out):
+        g = open_or_create_cache(out, fset, ds, batch_size)
         batch_size = int(g.attrs["batch_size"])  # a resumed cache keeps its batch composition
         ledger = ItemLedger(g, ds.n_items, int(g.attrs["items_per_shard"]))
         done = ledger.done()
@@ -153,109 +192,95 @@ def extract_features(
             for a in range(0, ds.n_items, batch_size)
             if not done[a : a + batch_size].all()
         ]
+        todo = sum(b - a for a, b in batches)
+        log.info(
+            "%s: %d of %d images already complete; computing %d images in %d batches of %d",
+            out,
+            ds.n_items - todo,
+            ds.n_items,
+            todo,
+            len(batches),
+            batch_size,
+        )
+        attention = _resumed_attention(g, attention)
         if batches:
-            _run(
-                ds,
-                g,
-                ledger,
-                fset,
-                batches,
-                checkpoint,
-                batch_size,
-                resolve_device(device),
-                seed,
-                progress,
-            )
-        g.attrs["complete"] = True
+            weights = resolve_checkpoint(fset, checkpoint, checkpoint_dir)
+            dev = resolve_device(device)
+            _extract(ds, g, ledger, fset, batches, weights, dev, seed, attention, progress)
     return FeatureStore(out, expect_key=fset.key(), expect_dataset=ds.fingerprint)
 
 
-def _run(ds, g, ledger, fset, batches, checkpoint, batch_size, device, seed, progress) -> None:
-    spec = fset.spec
-    if device.type == "cpu" and spec.name in ("vit_h", "vit_l"):
-        log.warning(
-            "%s on a CPU: expect roughly %s s per image; a CUDA GPU is 100x faster.",
-            spec.name,
-            {"vit_h": 30, "vit_l": 15}[spec.name],
-        )
-    encoder = build_encoder(spec.name, checkpoint, seed=seed).to(device)
-    recorder = TapRecorder(encoder, fset.taps)
-    pre = SamPreprocess(spec)
-    arrays = {t.name: g[t.array_name] for t in fset.taps}
-    autocast = (
-        torch.autocast(device.type, dtype=getattr(torch, fset.compute_dtype))
-        if fset.compute_dtype != "float32"
-        else contextlib.nullcontext()
+def _random_seed(fset: FeatureSetSpec, seed: int | None) -> int:
+    """The seed of random weights, as the cache key names it."""
+    if not fset.weights_id.startswith("random:seed="):
+        return 0  # unused: the weights come from a checkpoint
+    keyed = int(fset.weights_id.split("=", 1)[1])
+    if seed is not None and seed != keyed:
+        raise ValueError(f"seed {seed} differs from the feature set's seed {keyed}")
+    return keyed
+
+
+def resolve_checkpoint(
+    fset: FeatureSetSpec, checkpoint: str | Path | None, checkpoint_dir: str | Path
+) -> Path | None:
+    """The checkpoint file whose weights the cache key names, or None for random weights."""
+    if fset.weights == "random":
+        if checkpoint is not None:
+            raise ValueError(f"weights: random, but a checkpoint was given ({checkpoint})")
+        return None
+    if fset.weights != "official":
+        if checkpoint is not None and Path(checkpoint) != Path(fset.weights):
+            raise ValueError(
+                f"the feature set loads {fset.weights}; refusing the other checkpoint {checkpoint}"
+            )
+        return Path(fset.weights)
+    if checkpoint is None:
+        return fetch_checkpoint(fset.encoder, checkpoint_dir)
+    verify(Path(checkpoint), official_checkpoint(fset.encoder))
+    return Path(checkpoint)
+
+
+def _resumed_attention(g: zarr.Group, requested: str) -> str:
+    """A cache keeps the attention path chosen when it was started, so it never mixes two."""
+    first = g.attrs.get("attention")
+    if first is None and requested != "auto":
+        g.attrs["attention"] = requested
+    if first is None or requested == first:
+        return requested
+    if requested == "auto":
+        return str(first)
+    log.warning(
+        "this cache was started with %s attention; continuing with %s as asked (the two "
+        "differ only by floating-point rounding)",
+        first,
+        requested,
     )
+    return requested
 
-    loaded: queue.Queue = queue.Queue(maxsize=2)
-    written: queue.Queue = queue.Queue(maxsize=2)
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def loader() -> None:
-        try:
-            for a, b in batches:
-                if stop.is_set():
-                    break
-                loaded.put((a, b, pre.resize(np.asarray(ds.images[a:b]))))
-        except BaseException as err:  # surfaced in the main thread
-            errors.append(err)
-        finally:
-            loaded.put(None)
-
-    def writer() -> None:
-        while (item := written.get()) is not None:
-            a, b, feats = item
-            try:
-                if not errors:
-                    for name, arr in feats.items():
-                        arrays[name][a:b] = arr
-                    ledger.mark(a, b)  # only after every tap of the batch is on disk
-            except BaseException as err:
-                errors.append(err)
-
-    threads = [
-        threading.Thread(target=loader, daemon=True),
-        threading.Thread(target=writer, daemon=True),
-    ]
-    for t in threads:
-        t.start()
-    total = sum(b - a for a, b in batches)
-    bar = progress_bar(total=total, desc=f"{spec.name} features", unit="img", enable=progress)
+def _extract(ds, g, ledger, fset, batches, checkpoint, device, seed, attention, progress) -> None:
+    spec = fset.spec
+    n_todo = sum(b - a for a, b in batches)
+    deepest = max((t.block_index or 0) + 1 for t in fset.taps)
+    neck = any(t.name == "neck" for t in fset.taps)
+    if device.type == "cpu" and spec.name in ("vit_h", "vit_l"):
+        log.warning("%s", cpu_time_estimate(spec, n_todo, None if neck else deepest))
     start = time.perf_counter()
-    loader_done = False
-    try:
-        while (item := loaded.get()) is not None:
-            a, b, resized = item
-            with autocast:
-                outs = recorder(pre.to_input(resized, device))
-            feats = {}
-            for t in fset.taps:
-                x = outs[t.name].float()
-                k = x.shape[-1] // t.stored_grid(spec)
-                if k > 1:
-                    x = F.avg_pool2d(x, k)
-                x = x.to(getattr(torch, t.dtype)).cpu().numpy()
-                if not np.isfinite(x).all():
-                    raise FloatingPointError(
-                        f"tap '{t.name}' overflows {t.dtype} on images {a}..{b - 1}; store it as float32"
-                    )
-                feats[t.name] = x
-            written.put((a, b, feats))
-            bar.update(b - a)
-            if errors:
-                break
-        else:
-            loader_done = True
-    finally:
-        stop.set()
-        while not loader_done:  # unblock the loader so it can exit
-            loader_done = loaded.get() is None
-        written.put(None)
-        for t in threads:
-            t.join()
-        bar.close()
-    if errors:
-        raise errors[0]
-    log.info("extracted %d images in %.1f s", total, time.perf_counter() - start)
+    encoder = build_encoder(spec.name, checkpoint, seed=seed).to(device)
+    log.info("built %s on %s in %.1f s", spec.name, device, time.perf_counter() - start)
+    with no_tf32_for_float32(device, fset.compute_dtype):
+        chosen = run_pipeline(
+            ds, g, ledger, fset, encoder, batches, device, attention=attention, progress=progress
+        )
+    runs = list(g.attrs.get("extractions", []))
+    runs.append(
+        {
+            "images": n_todo,
+            "device": str(device),
+            "attention": chosen,
+            "samcache": __version__,
+            "torch": torch.__version__,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+    g.attrs["extractions"] = runs

@@ -8,6 +8,7 @@ unit's flags are set only after its label maps are written.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -15,10 +16,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import zarr
 from skimage.segmentation import slic
 
 from samcache.data.store import DatasetStore
 from samcache.features.specs import SlicParams
+from samcache.features.store import create_store_atomically, exclusive_writer
 from samcache.progress import progress_bar
 from samcache.zarrio import (
     ItemLedger,
@@ -45,10 +48,54 @@ def slic_labels(image: np.ndarray, params: SlicParams) -> np.ndarray:
     ).astype(np.int32)
 
 
+@functools.cache
+def _images(path: str) -> zarr.Array:
+    """The store's images, opened once per worker process (validating the store costs more
+    than a unit of small images)."""
+    return DatasetStore(path).images
+
+
 def _unit(args: tuple[str, int, int, SlicParams]) -> tuple[int, int, np.ndarray]:
     path, a, b, params = args
-    images = np.asarray(DatasetStore(path).images[a:b])
+    images = np.asarray(_images(path)[a:b])
     return a, b, np.stack([slic_labels(im, params) for im in images])
+
+
+def _open_or_create(
+    out: Path, ds: DatasetStore, params: SlicParams, key: str, unit: int
+) -> zarr.Group:
+    if (out / "zarr.json").is_file():
+        g = open_group(out, "r+")
+        if g.attrs.get("cache_key") != key or g.attrs.get("dataset_fingerprint") != ds.fingerprint:
+            raise StoreError(
+                f"{out}: holds superpixels built with other settings; delete it to rebuild"
+            )
+        remove_partial_files(out)
+        return g
+    unit = max(1, min(unit, ds.n_items))
+
+    def build(g: zarr.Group) -> None:
+        create_item_array(
+            g,
+            "labels",
+            n_items=ds.n_items,
+            item_shape=ds.image_shape,
+            dtype="int32",
+            items_per_shard=unit,
+        )
+        ItemLedger(g, ds.n_items, unit)
+        g.attrs.update(
+            {
+                "cache_key": key,
+                "slic": asdict(params),
+                "dataset_fingerprint": ds.fingerprint,
+                "dataset_path": str(ds.path),
+                "unit": unit,
+                "n_items": ds.n_items,
+            }
+        )
+
+    return create_store_atomically(out, build)
 
 
 def compute_superpixels(
@@ -61,55 +108,38 @@ def compute_superpixels(
     unit: int = 16,
     progress: bool = True,
 ) -> Path:
+    """Fill (or finish) the SLIC cache at ``out``, ``threads`` worker processes in parallel.
+
+    A unit's flags are set only after its label maps are written, and a restart recomputes
+    only the units with a missing image, with the unit size the cache was created with.
+    """
     out = Path(out)
     ds = DatasetStore(dataset)
-    h, w = ds.image_shape
-    if (out / "zarr.json").is_file():
-        g = open_group(out, "r+")
-        if g.attrs.get("cache_key") != key or g.attrs.get("dataset_fingerprint") != ds.fingerprint:
-            raise StoreError(
-                f"{out}: holds superpixels built with other settings; delete it to rebuild"
-            )
-        remove_partial_files(out)
-        unit = int(g.attrs["unit"])
-    else:
-        g = open_group(out, "w")
-        unit = max(1, min(unit, ds.n_items))
-        create_item_array(
-            g, "labels", n_items=ds.n_items, item_shape=(h, w), dtype="int32", items_per_shard=unit
-        )
-        g.attrs.update(
-            {
-                "cache_key": key,
-                "slic": asdict(params),
-                "dataset_fingerprint": ds.fingerprint,
-                "dataset_path": str(ds.path),
-                "unit": unit,
-                "n_items": ds.n_items,
-            }
-        )
-    ledger = ItemLedger(g, ds.n_items, unit)
-    todo = ledger.missing_units()
-    labels = g["labels"]
-    bar = progress_bar(total=sum(b - a for a, b in todo), desc="SLIC", unit="img", enable=progress)
-    threads = max(1, min(threads, os.cpu_count() or 1, len(todo) or 1))
-    jobs = [(str(ds.path), a, b, params) for a, b in todo]
-    pool = None
-    try:
-        if threads == 1:
-            results = map(_unit, jobs)
-        else:
-            pool = ProcessPoolExecutor(max_workers=threads)
-            results = pool.map(_unit, jobs)
-        for a, b, lab in results:
-            labels[a:b] = lab
-            ledger.mark(a, b)
-            bar.update(b - a)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    g.attrs["complete"] = True
+    with exclusive_writer(out):
+        g = _open_or_create(out, ds, params, key, unit)
+        ledger = ItemLedger(g, ds.n_items, int(g.attrs["unit"]))
+        todo = ledger.missing_units()
+        n_todo = sum(b - a for a, b in todo)
+        log.info("%s: %d of %d images already complete", out, ds.n_items - n_todo, ds.n_items)
+        labels = g["labels"]
+        bar = progress_bar(total=n_todo, desc="SLIC", unit="img", enable=progress)
+        threads = max(1, min(threads, len(os.sched_getaffinity(0)), len(todo) or 1))
+        jobs = [(str(ds.path), a, b, params) for a, b in todo]
+        pool = None
+        try:
+            if threads == 1:
+                results = map(_unit, jobs)
+            else:
+                pool = ProcessPoolExecutor(max_workers=threads)
+                results = pool.map(_unit, jobs)
+            for a, b, lab in results:
+                labels[a:b] = lab
+                ledger.mark(a, b)
+                bar.update(b - a)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     return out
 
 

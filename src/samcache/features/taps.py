@@ -6,6 +6,10 @@ transformer block (1-based, as in the papers: ViT-H's blocks 1, 16 and 32); ``ne
 encoder's final output (the image embedding SAM's mask decoder reads). Every tap is returned
 channels-first, (B, C, H, W).
 
+Reading of seed 000 (Gu et al.): the paper gives every tapped output as 64 x 64 x 256, but in
+ViT-H only the neck has 256 channels; the patch embedding and the blocks have 1280. The taps are
+stored as the encoder produces them, and a head that needs 256 channels projects them itself.
+
 When no tap needs the rest of the network, the forward pass stops after the deepest tapped
 module instead of computing blocks whose output would be thrown away.
 """
