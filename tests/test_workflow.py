@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO
 
 DEMO = REPO / "workflow" / "config" / "demo.yaml"
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 900, configfiles: tuple = (DEMO,)
+) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [
@@ -29,8 +32,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
         str(REPO / "Snakefile"),
         "-d",
         str(workdir),
-        "--configfile",
-        str(DEMO),
+        *(["--configfile", *map(str, configfiles)] if configfiles else []),
         *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -69,6 +71,62 @@ def test_a_table_target_schedules_only_the_jobs_it_needs(tmp_path):
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
     assert counts == {"dataset_synthetic": 1, "features": 1, "train": 36, "table": 1}
+
+
+def table_records(config: dict, names: list[str]) -> set[tuple]:
+    """The distinct runs the named tables need, read from the config file itself."""
+    return {
+        (b["dataset"], b["task"], r if isinstance(r, str) else r["method"], float(f), int(s))
+        for t in (config["tables"][n] for n in names)
+        for b in t["blocks"]
+        for r in t["rows"]
+        for f in t.get("fractions", [10, 50, 100])
+        for s in t.get("seeds", [0, 1, 2, 3, 4])
+    }
+
+
+def test_all_tables_builds_every_demo_table_and_only_their_runs(tmp_path):
+    demo = yaml.safe_load(DEMO.read_text())
+    names = sorted(t for t in demo["tables"] if t.startswith("demo_"))
+    assert {"demo_gu_table1", "demo_gu_table2", "demo_gu_table3", "demo_gu_table4"} <= set(names)
+    res = snakemake(tmp_path, "--dry-run", "all_tables")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["table"] == len(names)
+    assert counts["train"] == len(table_records(demo, names))
+    assert counts["sam_prior"] == 1 and counts["features"] == 1
+    scheduled = set(re.findall(r"results/tables/(\w+)\.md", res.stdout))
+    assert scheduled == set(names)
+
+
+def test_paper_tables_plan_once_their_datasets_exist(tmp_path):
+    paper = yaml.safe_load((REPO / "config.yaml").read_text())
+    names = ["gu_table1", "gu_table2", "gu_table3", "gu_table4"]
+    waiting = snakemake(tmp_path, "--dry-run", configfiles=())
+    assert waiting.returncode == 0, waiting.stderr
+    assert "table 'gu_table1' is not a default target until datasets" in waiting.stderr
+    datasets = tmp_path / "datasets.yaml"
+    datasets.write_text(
+        "datasets:\n"
+        + "".join(
+            f"  {d}: {{source: synthetic}}\n" for d in ("retinamnist", "breastmnist", "isic2017")
+        )
+    )
+    res = snakemake(
+        tmp_path, "--dry-run", "all_tables", configfiles=(REPO / "config.yaml", datasets)
+    )
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["table"] == 4
+    assert counts["train"] == len(table_records(paper, names)) == 445
+    assert counts["features"] == counts["sam_prior"] == counts["dataset_synthetic"] == 3
+    epochs = {  # seed 000: 400 epochs on ISIC 2017, 100 on the MedMNIST sets
+        (m.group(1), json.loads(m.group(2))["train"]["epochs"])
+        for m in re.finditer(
+            r"train --dataset data/stores/(\w+)\.zarr .*?--spec '(\{.*?\})'", res.stdout
+        )
+    }
+    assert epochs == {("isic2017", 400), ("retinamnist", 100), ("breastmnist", 100)}
 
 
 @pytest.mark.slow
