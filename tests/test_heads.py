@@ -62,6 +62,15 @@ def tiny_args(cls) -> dict:
     return {"backbone": "test_resnet"} if "backbone" in params else {}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Runs use one torch thread (train.threads); so do these tests, for the same speed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def encoder_forbidden(monkeypatch):
     """Any attempt to build or run a SAM encoder fails the test."""

@@ -117,3 +117,40 @@ def test_samaug_c_run_reads_the_cache_and_is_deterministic(tmp_path, small_store
     assert a["sam_prior_path"] == str(small_priors) and a["cache_key"] is None
     with pytest.raises(ValueError, match="names no sam_prior"):
         train_run(**{**kw, "sam_prior": None}, seed=0, out=tmp_path / "c.json")
+
+
+def test_the_cli_builds_the_cache_and_trains_on_it(tmp_path, small_store, small_priors):
+    import json
+
+    from samcache.cli import main
+
+    spec = json.dumps(
+        {
+            "encoder": "vit_tiny",
+            "weights": "random",
+            "points_per_side": 2,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+            "mask_weight": "predicted_iou",
+        }
+    )
+    out, manifest = tmp_path / "sam_prior.zarr", tmp_path / "manifest.json"
+    args = ["sam-prior", "--dataset", str(small_store.path), "--dataset-id", "small"]
+    args += ["--spec", spec, "--out", str(out), "--threads", "1", "--no-progress"]
+    with pytest.raises(SystemExit, match="give cache key"):  # settings that give another key
+        main([*args, "--expect-key", "0" * 12])
+    assert main([*args, "--expect-key", PARAMS.key("small"), "--manifest", str(manifest)]) == 0
+    assert json.loads(manifest.read_text())["cache_key"] == PARAMS.key("small")
+    np.testing.assert_array_equal(open_sam_priors(out)[:], open_sam_priors(small_priors)[:])
+    method = {
+        "head": "samaug_c",
+        "image_size": 32,
+        "head_args": {"backbone": "test_resnet"},
+        "train": {"epochs": 1, "batch_size": 16, "threads": 1},
+    }
+    record = tmp_path / "run.json"
+    train = ["train", "--dataset", str(small_store.path), "--sam-prior", str(out)]
+    train += ["--task", "grade", "--method-name", "samaug", "--spec", json.dumps(method)]
+    train += ["--fraction", "50", "--seed", "0", "--out", str(record)]
+    assert main(train) == 0
+    assert json.loads(record.read_text())["sam_prior_path"] == str(out)

@@ -12,6 +12,8 @@ rule train:
         record="results/runs/{dataset}/{task}/{method}/f{fraction}_s{seed}.json",
     log:
         "logs/train/{dataset}/{task}/{method}/f{fraction}_s{seed}.log",
+    benchmark:
+        "logs/train/{dataset}/{task}/{method}/f{fraction}_s{seed}.bench.tsv"
     group:
         "train"
     conda:
