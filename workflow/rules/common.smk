@@ -110,6 +110,11 @@ def method_spec(name, dataset=None):
     return m
 
 
+def train_gpus(method, dataset):
+    """1 when the method's runs train on a CUDA device (they then hold the `gpu` resource)."""
+    return int(method_spec(method, dataset)["train"]["device"].startswith("cuda"))
+
+
 def method_caches(dataset, method):
     """Manifests of the caches a method's runs on `dataset` read, by train-rule input name."""
     m = method_cfg(method)

@@ -19,6 +19,8 @@ rule train:
     conda:
         "../../envs/train.yaml"
     threads: lambda w: method_spec(w.method, w.dataset)["train"]["threads"]
+    resources:
+        gpu=lambda w: train_gpus(w.method, w.dataset),
     params:
         spec=lambda w: json.dumps(method_spec(w.method, w.dataset), sort_keys=True),
         caches=lambda w, input: cache_args(input),
