@@ -115,6 +115,7 @@ def test_samaug_c_run_reads_the_cache_and_is_deterministic(tmp_path, small_store
     b = train_run(**kw, seed=0, out=tmp_path / "b.json")
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
     assert a["sam_prior_path"] == str(small_priors) and a["cache_key"] is None
+    assert a["sam_prior_key"] == PARAMS.key("small")
     with pytest.raises(ValueError, match="names no sam_prior"):
         train_run(**{**kw, "sam_prior": None}, seed=0, out=tmp_path / "c.json")
 

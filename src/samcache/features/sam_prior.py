@@ -220,6 +220,13 @@ def compute_sam_priors(
     return out
 
 
+def stored_key(path: str | Path) -> str:
+    """The cache key a prior store was built with (run records keep it)."""
+    from samcache.zarrio import open_group
+
+    return str(open_group(path, "r").attrs["cache_key"])
+
+
 def open_sam_priors(path: str | Path, *, expect_key: str | None = None):
     """The ``prior`` array of a complete cache (checked against ``expect_key``)."""
     from samcache.zarrio import StoreError, open_group
