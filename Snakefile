@@ -5,6 +5,7 @@ from pathlib import Path
 #   snakemake --cores all                                  # every table in `targets`
 #   snakemake --cores all results/tables/<name>.md         # one table and only the runs it needs
 #   snakemake -n results/tables/<name>.md                  # show the plan
+#   snakemake --cores all all_tables                       # every table (config `all_tables`)
 #   snakemake --cores all --configfile workflow/config/demo.yaml --replace-workflow-config   # the embedded demo
 
 
@@ -15,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/superpixels.smk"
+include: "workflow/rules/sam_prior.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
 

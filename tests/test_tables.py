@@ -85,3 +85,46 @@ def test_a_missing_run_is_an_error_that_names_it(tmp_path):
     paths, _ = _records(tmp_path, skip=("d2", "m_b", 10, 1))
     with pytest.raises(ValueError, match="dataset=d2 task=y method=m_b fraction=10 seed=1"):
         write_table(SPEC, paths, tmp_path / "x.md", tmp_path / "x.csv")
+
+
+def test_latex_has_the_papers_header_levels_and_cells(tmp_path):
+    paths, values = _records(tmp_path)
+    spec = {**SPEC, "title": "Results on D1 & D2"}
+    tex = tmp_path / "t1.tex"
+    write_table(spec, paths, tmp_path / "t1.md", tmp_path / "t1.csv", tex=tex)
+    lines = tex.read_text().splitlines()
+    assert lines[0] == r"\begin{table}[t]" and lines[-1] == r"\end{table}"
+    assert r"\caption{Results on D1 \& D2. Mean $\pm$ standard deviation" in tex.read_text()
+    assert r"\begin{tabular}{lcccccccc}" in lines
+    i = lines.index(r"\toprule")
+    assert lines[i + 1] == r" & \multicolumn{4}{c}{D1} & \multicolumn{4}{c}{D2} \\"
+    assert lines[i + 2] == r"\cmidrule(lr){2-5} \cmidrule(lr){6-9}"
+    assert lines[i + 3] == (
+        r" & \multicolumn{2}{c}{10\%} & \multicolumn{2}{c}{100\%}"
+        r" & \multicolumn{2}{c}{10\%} & \multicolumn{2}{c}{100\%} \\"
+    )
+    assert lines[i + 5] == r"Method & ACC & AUC & ACC & AUC & ACC & AUC & ACC & AUC \\"
+    assert lines[i + 6] == r"\midrule"
+    row = next(line for line in lines if line.startswith("m\\_b & "))
+    cells = row.removesuffix(r" \\").split(" & ")[1:]
+    assert len(cells) == 8
+    accs = [100 * values[("d2", "m_b", 100, s)][0] for s in (0, 1, 2)]
+    assert cells[6] == f"${statistics.mean(accs):.2f} \\pm {statistics.stdev(accs):.2f}$"
+    assert lines[lines.index(row) + 1] == r"\bottomrule"
+
+
+def test_a_single_fraction_table_has_no_fraction_level(tmp_path):
+    paths, values = _records(tmp_path)
+    spec = {**SPEC, "blocks": [SPEC["blocks"][0]], "fractions": [100], "metrics": ["acc"]}
+    md, tex = tmp_path / "a.md", tmp_path / "a.tex"
+    write_table(spec, paths, md, tmp_path / "a.csv", tex=tex)
+    header = next(line for line in md.read_text().splitlines() if line.startswith("| Method"))
+    assert header == "| Method | ACC |"
+    text = tex.read_text()
+    assert r"\multicolumn" not in text and "(D1)" in text  # the block moves to the caption
+    accs = [100 * values[("d1", "m_a", 100, s)][0] for s in (0, 1, 2)]
+    assert (
+        f"Method A & ${statistics.mean(accs):.2f} \\pm {statistics.stdev(accs):.2f}$ \\\\" in text
+    )
+    frame = pd.read_csv(tmp_path / "a.csv", index_col=0)
+    assert list(frame.columns) == ["D1/100%/ACC/mean", "D1/100%/ACC/std"]

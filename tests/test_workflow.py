@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO
 from loopback import Loopback
@@ -134,6 +135,52 @@ def test_download_and_dataset_rules_build_a_store_from_a_mirror(tmp_path):
     assert (workdir / "logs/download/breastmnist/breastmnist.npz.log").exists()
     again = snakemake(workdir, "--dry-run", "data/stores/breast_small.zarr", config=(DEMO, overlay))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def table_records(config: dict, names: list[str]) -> set[tuple]:
+    """The distinct runs the named tables need, read from the config file itself."""
+    return {
+        (b["dataset"], b["task"], r if isinstance(r, str) else r["method"], float(f), int(s))
+        for t in (config["tables"][n] for n in names)
+        for b in t["blocks"]
+        for r in t["rows"]
+        for f in t.get("fractions", [10, 50, 100])
+        for s in t.get("seeds", [0, 1, 2, 3, 4])
+    }
+
+
+def test_all_tables_builds_every_demo_table_and_only_their_runs(tmp_path):
+    demo = yaml.safe_load(DEMO.read_text())
+    names = sorted(t for t in demo["tables"] if t.startswith("demo_"))
+    assert {"demo_gu_table1", "demo_gu_table2", "demo_gu_table3", "demo_gu_table4"} <= set(names)
+    res = snakemake(tmp_path, "--dry-run", "all_tables")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["table"] == len(names)
+    assert counts["train"] == len(table_records(demo, names))
+    assert counts["sam_prior"] == 1 and counts["features"] == 1
+    scheduled = set(re.findall(r"results/tables/(\w+)\.md", res.stdout))
+    assert scheduled == set(names)
+
+
+def test_paper_tables_plan_every_run_with_the_papers_settings(tmp_path):
+    paper = yaml.safe_load(PAPER.read_text())
+    names = ["gu_table1", "gu_table2", "gu_table3", "gu_table4"]
+    targets = [f"results/tables/{n}.md" for n in names]
+    res = snakemake(tmp_path, "--dry-run", *targets, config=(PAPER,))
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["table"] == 4
+    assert counts["train"] == len(table_records(paper, names)) == 445
+    assert counts["features"] == counts["sam_prior"] == counts["dataset"] == 3
+    assert counts["sam_checkpoint"] == 1  # ViT-H, downloaded once for all three caches
+    epochs = {  # seed 000: 400 epochs on ISIC 2017, 100 on the MedMNIST sets
+        (m.group(1), json.loads(m.group(2))["train"]["epochs"])
+        for m in re.finditer(
+            r"train --dataset data/stores/(\w+)\.zarr .*?--spec '(\{.*?\})'", res.stdout
+        )
+    }
+    assert epochs == {("isic2017", 400), ("retinamnist", 100), ("breastmnist", 100)}
 
 
 @pytest.mark.slow

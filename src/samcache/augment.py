@@ -27,6 +27,7 @@ SPATIAL = {
     "lesion_mask": "nearest",
     "attributes": "nearest",
     "superpixels": "nearest",
+    "sam_prior": "bilinear",
 }
 
 

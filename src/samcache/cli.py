@@ -130,6 +130,39 @@ def cmd_superpixels(a: argparse.Namespace) -> None:
         )
 
 
+def cmd_sam_prior(a: argparse.Namespace) -> None:
+    from samcache.features.sam_prior import SamPriorParams, compute_sam_priors
+    from samcache.features.specs import encoder_spec
+
+    spec = load_spec(a.spec)
+    params = SamPriorParams.from_config(spec)
+    key = params.key(a.dataset_id)
+    if a.expect_key and key != a.expect_key:
+        raise SystemExit(f"SAM prior settings give cache key {key}, not {a.expect_key}")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    checkpoint = None
+    if params.weights == "official":
+        checkpoint = a.checkpoint or encoder_spec(params.encoder).checkpoint_filename
+    elif params.weights != "random":
+        checkpoint = params.weights
+    out = compute_sam_priors(
+        a.dataset,
+        a.out,
+        params,
+        key=key,
+        checkpoint=checkpoint,
+        device=spec.get("device", "auto"),
+        progress=not a.no_progress,
+    )
+    if a.manifest:
+        _write_manifest(
+            a.manifest, {"kind": "sam_prior", "path": str(out), "cache_key": key, "amg": spec}
+        )
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from samcache.train import train_run
 
@@ -144,6 +177,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         out=a.out,
         expect_cache_key=a.expect_key,
         superpixels=a.superpixels,
+        sam_prior=a.sam_prior,
     )
     t = rec["metrics"]["test"]
     log.info(
@@ -164,7 +198,7 @@ def cmd_table(a: argparse.Namespace) -> None:
 
     spec = load_spec(a.spec)
     spec.setdefault("name", Path(a.md).stem)
-    write_table(spec, a.records, a.md, a.csv, a.runs_csv, a.plot)
+    write_table(spec, a.records, a.md, a.csv, a.runs_csv, a.plot, tex=a.tex)
     log.info("wrote %s and %s from %d run records", a.md, a.csv, len(a.records))
 
 
@@ -272,10 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_superpixels)
 
+    s = sub.add_parser("sam-prior", help="SAMAug-C prior maps from SAM's automatic masks")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--dataset-id", required=True)
+    s.add_argument("--spec", required=True, help="the sam_priors entry (JSON or @file)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--checkpoint", help="path of the official checkpoint (weights: official)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = its default)")
+    s.add_argument("--expect-key")
+    s.add_argument("--manifest")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_sam_prior)
+
     s = sub.add_parser("train", help="train and evaluate one run, write its JSON record")
     s.add_argument("--dataset", required=True)
     s.add_argument("--features", help="feature store (for heads that read cached features)")
     s.add_argument("--superpixels", help="superpixel store (for heads that read superpixels)")
+    s.add_argument("--sam-prior", help="SAMAug-C prior store (for heads that read sam_prior)")
     s.add_argument("--task", required=True)
     s.add_argument("--method-name", required=True)
     s.add_argument("--spec", required=True, help="the method's resolved config (JSON or @file)")
@@ -291,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--csv", required=True)
     s.add_argument("--runs-csv", help="also write one row per run with its provenance")
     s.add_argument("--plot", help="also write a PNG of the metrics against the fraction")
+    s.add_argument("--tex", help="also write the table as LaTeX (booktabs)")
     s.add_argument("records", nargs="+")
     s.set_defaults(func=cmd_table)
 

@@ -8,7 +8,8 @@ would exceed ``max_memory_gb`` the large arrays are instead read from Zarr batch
 Batch tensors: ``pooled`` (B, D) float32, standardised with the training subsample's statistics;
 ``taps`` {name: (B, C, g, g) float32}; ``image`` (B, 3, S, S) float32 normalised with the
 ImageNet mean and std (timm backbones' convention); ``lesion_mask`` (B, 1, S, S) and
-``attributes`` (B, A, S, S) float32 in {0, 1}; ``superpixels`` (B, S, S) int64; ``label``.
+``attributes`` (B, A, S, S) float32 in {0, 1}; ``superpixels`` (B, S, S) int64; ``sam_prior``
+(B, 1, S, S) float32 in [0, 1] (SAMAug-C's cached prior maps); ``label``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def _resize_uint8(x: np.ndarray, size: int | None, mode: str) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def _resize_float16(x: np.ndarray, size: int | None) -> np.ndarray:
+    """(N, C, H, W) float maps resized bilinearly (antialiased) to size x size, kept float16."""
+    if size is None or x.shape[-2:] == (size, size):
+        return x.astype(np.float16)
+    t = F.interpolate(
+        torch.from_numpy(x).float(),
+        size=(size, size),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
+    return t.to(torch.float16).numpy()
+
+
 class RunInputs:
     def __init__(
         self,
@@ -53,6 +68,7 @@ class RunInputs:
         features: FeatureStore | None = None,
         taps: Sequence[str] = (),
         superpixels: Path | str | None = None,
+        sam_prior: Path | str | None = None,
         image_size: int | None = None,
         max_memory_gb: float = 4.0,
     ) -> None:
@@ -70,7 +86,7 @@ class RunInputs:
         if "pooled" in requires:
             pooled = np.concatenate(
                 [
-                    features.read(t, self.items).astype(np.float32).mean(axis=(2, 3))
+                    read_items(features.array(t), self.items).astype(np.float32).mean(axis=(2, 3))
                     for t in self.taps
                 ],
                 axis=1,
@@ -79,7 +95,7 @@ class RunInputs:
             self.data["pooled"] = torch.from_numpy((pooled - tr.mean(0)) / (tr.std(0) + 1e-6))
         if "taps" in requires:
             self.data["taps"] = {
-                t: (features.array(t) if self.lazy else features.read(t, self.items))
+                t: (features.array(t) if self.lazy else read_items(features.array(t), self.items))
                 for t in self.taps
             }
         sources = {
@@ -102,6 +118,17 @@ class RunInputs:
             self.data["superpixels"] = (
                 arr if self.lazy else self._prepare("superpixels", arr, self.items)
             )
+        if "sam_prior" in requires:
+            if sam_prior is None:
+                raise ValueError(
+                    "this head reads SAMAug-C prior maps but the method names no sam_prior"
+                )
+            from samcache.features.sam_prior import open_sam_priors
+
+            arr = open_sam_priors(sam_prior)
+            self.data["sam_prior"] = (
+                arr if self.lazy else self._prepare("sam_prior", arr, self.items)
+            )
 
     def _need(self, key: str) -> None:
         if key == "lesion_mask" and not self.ds.has_lesion_mask:
@@ -123,11 +150,15 @@ class RunInputs:
             total += n * 3 * side * side
         if "attributes" in self.requires:
             total += n * len(self.ds.attribute_names) * side * side
+        if "sam_prior" in self.requires:
+            total += n * side * side * 2
         return total
 
     def _prepare(self, key: str, arr, items: np.ndarray) -> np.ndarray:
         """Rows ``items`` of a store array, channels first, at the head's input size."""
         x = read_items(arr, items)
+        if key == "sam_prior":
+            return _resize_float16(x[:, None], self.image_size)
         if key == "image":
             x = x.transpose(0, 3, 1, 2)
         elif key in ("lesion_mask", "superpixels"):

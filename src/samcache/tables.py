@@ -5,9 +5,14 @@ BreastMNIST in seed 000's Table I), its *rows* (methods), the fractions, seeds a
 Each cell is the mean ± sample standard deviation (ddof = 1) over seeds, in percent. A missing
 run is an error that names it, never an empty cell.
 
-Three files are written: ``<name>.md`` (the paper's layout), ``<name>.csv`` (the same layout with
-mean and std in separate columns) and ``<name>.runs.csv`` (one row per run with its metrics,
-record path, cache key and code version, so every cell traces back to its runs).
+Files written: ``<name>.md`` (the paper's layout), ``<name>.tex`` (the same as a LaTeX booktabs
+table with the paper's multi-level header), ``<name>.csv`` (every column spelled out as
+block/fraction/metric/stat, mean and std apart) and ``<name>.runs.csv`` (one row per run with its
+metrics, record path, cache key and code version, so every cell traces back to its runs).
+
+Header levels follow the paper: a table with one fraction (seed 000's ablation Tables III and IV)
+has no fraction level, and one with a single block and a single fraction shows the block in the
+caption instead of a header row.
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ def block_label(block: Mapping[str, str]) -> str:
 
 def fraction_label(f: float) -> str:
     return f"{f:g}%"
+
+
+def header_levels(spec: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Whether the header shows a block level and a fraction level."""
+    multi_fraction = len(spec["fractions"]) > 1
+    return len(spec["blocks"]) > 1 or multi_fraction, multi_fraction
+
+
+def seeds_note(spec: Mapping[str, Any]) -> str:
+    n = len(spec["seeds"])
+    return (
+        f"Mean ± standard deviation (ddof = 1) over {n} seed{'s' if n != 1 else ''} "
+        f"({', '.join(str(s) for s in spec['seeds'])}), in percent, on the test split; "
+        f"best epoch chosen by validation AUC. Fractions are of the training split."
+    )
 
 
 def record_key(rec: Mapping[str, Any]) -> tuple:
@@ -78,6 +98,7 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
                             "best_epoch": rec.get("best_epoch"),
                             "n_train": rec.get("n_train"),
                             "cache_key": rec.get("cache_key"),
+                            "sam_prior_key": rec.get("sam_prior_key"),
                             "code_version": rec.get("code_version"),
                             "record": rec.get("_path", ""),
                         }
@@ -129,9 +150,10 @@ def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     means = summary.xs("mean", axis=1, level="stat")
     stds = summary.xs("std", axis=1, level="stat")
     single_block = len(spec["blocks"]) == 1
+    _, show_fraction = header_levels(spec)
     header = ["Method"]
     for block, frac, metric in means.columns:
-        parts = ([] if single_block else [block]) + [frac, metric]
+        parts = ([] if single_block else [block]) + ([frac] if show_fraction else []) + [metric]
         header.append(" ".join(parts))
     lines = [f"### {spec.get('title', spec.get('name', 'Table'))}", ""]
     if single_block:
@@ -142,13 +164,7 @@ def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     for label in means.index:
         cells = [f"{means.loc[label, c]:.2f} ± {stds.loc[label, c]:.2f}" for c in means.columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    n = len(spec["seeds"])
-    lines += [
-        "",
-        f"Mean ± standard deviation (ddof = 1) over {n} seed{'s' if n != 1 else ''} "
-        f"({', '.join(str(s) for s in spec['seeds'])}), in percent, on the test split; "
-        f"best epoch chosen by validation AUC. Fractions are of the training split.",
-    ]
+    lines += ["", seeds_note(spec)]
     if spec.get("caption"):
         lines += ["", str(spec["caption"])]
     lines += [
@@ -159,6 +175,77 @@ def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def _spans(keys: Sequence[tuple]) -> list[tuple[tuple, int, int]]:
+    """Runs of equal consecutive keys: (key, first column, last column), columns from 2."""
+    out: list[tuple[tuple, int, int]] = []
+    for col, key in enumerate(keys, start=2):
+        if out and out[-1][0] == key:
+            out[-1] = (key, out[-1][1], col)
+        else:
+            out.append((key, col, col))
+    return out
+
+
+def _group_row(spans: list[tuple[tuple, int, int]], text) -> list[str]:
+    cells = " & ".join(
+        rf"\multicolumn{{{b - a + 1}}}{{c}}{{{latex_escape(text(key))}}}" for key, a, b in spans
+    )
+    rules = " ".join(rf"\cmidrule(lr){{{a}-{b}}}" for _, a, b in spans)
+    return [f" & {cells} \\\\", rules]
+
+
+def to_latex(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
+    """The table as LaTeX (booktabs): block and fraction header rows over the metric row."""
+    means = summary.xs("mean", axis=1, level="stat")
+    stds = summary.xs("std", axis=1, level="stat")
+    cols = list(means.columns)
+    show_block, show_fraction = header_levels(spec)
+    title = str(spec.get("title", spec.get("name", "Table")))
+    if not show_block:
+        title += f" ({block_label(spec['blocks'][0])})"
+    caption = f"{title}. {seeds_note(spec)}"
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(caption)}}}",
+        rf"\label{{tab:{spec.get('name', 'table')}}}",
+        r"\begin{tabular}{l" + "c" * len(cols) + "}",
+        r"\toprule",
+    ]
+    if show_block:
+        lines += _group_row(_spans([(b,) for b, _, _ in cols]), lambda k: k[0])
+    if show_fraction:
+        lines += _group_row(_spans([(b, f) for b, f, _ in cols]), lambda k: k[1])
+    metrics = " & ".join(latex_escape(m) for _, _, m in cols)
+    lines += [f"Method & {metrics} \\\\", r"\midrule"]
+    for label in means.index:
+        cells = " & ".join(
+            f"${means.loc[label, c]:.2f} \\pm {stds.loc[label, c]:.2f}$" for c in cols
+        )
+        lines.append(f"{latex_escape(label)} & {cells} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
 def write_table(
     spec: Mapping[str, Any],
     record_paths: Sequence[str | Path],
@@ -166,11 +253,15 @@ def write_table(
     csv: str | Path,
     runs_csv: str | Path | None = None,
     plot: str | Path | None = None,
+    *,
+    tex: str | Path | None = None,
 ) -> pd.DataFrame:
     runs = runs_frame(spec, load_records(record_paths))
     summary = summary_frame(spec, runs)
     Path(md).parent.mkdir(parents=True, exist_ok=True)
     Path(md).write_text(to_markdown(spec, summary))
+    if tex is not None:
+        Path(tex).write_text(to_latex(spec, summary))
     flat = summary.copy()
     flat.columns = ["/".join(c) for c in flat.columns]
     flat.round(4).to_csv(csv)

@@ -34,6 +34,7 @@ from samcache.augment import AugmentSpec, augment
 from samcache.data.fractions import fraction_subsample, subsample_digest
 from samcache.data.store import DatasetStore, TaskInfo
 from samcache.device import resolve_device
+from samcache.features.sam_prior import stored_key
 from samcache.features.store import FeatureStore
 from samcache.heads import Head, build_head, head_class
 from samcache.inputs import RunInputs, batches
@@ -117,6 +118,7 @@ def train_run(
     out: str | Path,
     expect_cache_key: str | None = None,
     superpixels: str | Path | None = None,
+    sam_prior: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run, write its record to ``out`` and return it."""
     t0 = time.perf_counter()
@@ -149,6 +151,7 @@ def train_run(
         features=fs,
         taps=taps,
         superpixels=superpixels,
+        sam_prior=sam_prior,
         image_size=method.get("image_size"),
         max_memory_gb=settings.max_memory_gb,
     )
@@ -217,6 +220,8 @@ def train_run(
         "cache_key": fs.key if fs is not None else None,
         "features_path": str(fs.path) if fs is not None else None,
         "superpixels_path": str(superpixels) if superpixels is not None else None,
+        "sam_prior_path": str(sam_prior) if sam_prior is not None else None,
+        "sam_prior_key": stored_key(sam_prior) if sam_prior is not None else None,
         "code_version": code_version(),
         "samcache_version": __version__,
         "torch_version": torch.__version__,

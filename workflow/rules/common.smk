@@ -1,4 +1,7 @@
+import fnmatch
+import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from samcache.features.checkpoints import (
     CHECKPOINT_DIR,
     official_checkpoint,
 )  # noqa: E402
+from samcache.features.sam_prior import sam_prior_key  # noqa: E402
 from samcache.features.specs import (  # noqa: E402
     dataset_identity,
     feature_set_from_config,
@@ -34,6 +38,7 @@ wildcard_constraints:
     dataset="[a-z][a-z0-9_]*",
     fset="[a-z][a-z0-9_]*",
     spset="[a-z][a-z0-9_]*",
+    pset="[a-z][a-z0-9_]*",
     method="[a-z][a-z0-9_]*",
     task="[A-Za-z0-9_]+",
     key="[0-9a-f]{12}",
@@ -147,6 +152,19 @@ def superpixel_dir(dataset, spset):
     return f"cache/superpixels/{dataset}/{spset}-{key}"
 
 
+def sam_prior_cfg(name):
+    if name not in config["sam_priors"]:
+        cfg_error(
+            f"SAM prior set '{name}' is not defined under 'sam_priors' (defined: {sorted(config['sam_priors'])})"
+        )
+    return config["sam_priors"][name]
+
+
+def sam_prior_dir(dataset, pset):
+    key = sam_prior_key(sam_prior_cfg(pset), dataset_id(dataset))
+    return f"cache/sam_priors/{dataset}/{pset}-{key}"
+
+
 def method_cfg(name):
     if name not in config["methods"]:
         cfg_error(
@@ -155,11 +173,47 @@ def method_cfg(name):
     return config["methods"][name]
 
 
-def method_spec(name):
-    """The method's config with the global training defaults filled in: what a run records."""
+def method_spec(name, dataset=None):
+    """The method's config with the training defaults filled in: what a run records.
+
+    Precedence: the method's own `train`, then `train_by_dataset.<dataset>`, then `train`.
+    """
     m = dict(method_cfg(name))
-    m["train"] = {**config["train"], **m.get("train", {})}
+    per_dataset = config["train_by_dataset"].get(dataset, {}) if dataset else {}
+    m["train"] = {**config["train"], **per_dataset, **m.get("train", {})}
     return m
+
+
+def train_gpus(method, dataset):
+    """1 when the method's runs train on a CUDA device (they then hold the `gpu` resource)."""
+    return int(method_spec(method, dataset)["train"]["device"].startswith("cuda"))
+
+
+def method_caches(dataset, method):
+    """Manifests of the caches a method's runs on `dataset` read, by train-rule input name."""
+    m = method_cfg(method)
+    out = {}
+    if m.get("features"):
+        out["features"] = f"{feature_dir(dataset, m['features'])}/manifest.json"
+    if m.get("sam_prior"):
+        out["sam_prior"] = f"{sam_prior_dir(dataset, m['sam_prior'])}/manifest.json"
+    return out
+
+
+def cache_args(inp):
+    """Command-line options naming the stores beside the train rule's cache manifests."""
+    args = []
+    if "features" in inp.keys():
+        store = Path(inp.features).parent
+        args += [
+            "--features",
+            store / "features.zarr",
+            "--expect-key",
+            store.name.rsplit("-", 1)[1],
+        ]
+    if "sam_prior" in inp.keys():
+        args += ["--sam-prior", Path(inp.sam_prior).parent / "sam_prior.zarr"]
+    return " ".join(shlex.quote(str(a)) for a in args)
 
 
 def run_record(dataset, task, method, fraction, seed):
@@ -189,8 +243,37 @@ def table_records(name):
     ]
 
 
+@functools.cache
+def tables_with_datasets():
+    """Tables whose datasets are all defined; the others are named once on stderr."""
+    ready, waiting = [], []
+    for name, t in sorted(config["tables"].items()):
+        missing = sorted({b["dataset"] for b in t["blocks"]} - set(config["datasets"]))
+        (waiting if missing else ready).append((name, missing))
+    for name, missing in waiting:
+        print(
+            f"samcache: table '{name}' is not a default target until datasets {missing} are "
+            "defined under 'datasets' (name it as a target to see the error)",
+            file=sys.stderr,
+        )
+    return [name for name, _ in ready]
+
+
 def target_tables():
-    return config["targets"] or sorted(config["tables"])
+    return config["targets"] or tables_with_datasets()
+
+
+def all_table_names():
+    """The tables the `all_tables` target builds: those matching `all_tables` (all if empty)."""
+    patterns = config["all_tables"] or ["*"]
+    names = [
+        t
+        for t in sorted(config["tables"])
+        if any(fnmatch.fnmatchcase(t, p) for p in patterns)
+    ]
+    if not names:
+        cfg_error(f"all_tables: {patterns} matches no table under 'tables'")
+    return names
 
 
 def get_final_output():
@@ -203,9 +286,7 @@ def get_cache_outputs():
         spec = table_cfg(t)
         for b in spec["blocks"]:
             for m in table_row_methods(spec):
-                out.append(
-                    f"{feature_dir(b['dataset'], method_cfg(m)['features'])}/manifest.json"
-                )
+                out += method_caches(b["dataset"], m).values()
             for sp in config["superpixels"]:
                 out.append(f"{superpixel_dir(b['dataset'], sp)}/manifest.json")
     return sorted(set(out))

@@ -1,5 +1,5 @@
 rule table:
-    """A paper-shaped table (Markdown, CSV, per-run provenance) and its plot from run records."""
+    """A paper-shaped table (Markdown, LaTeX, CSV, per-run provenance) and its plot."""
     input:
         lambda w: table_records(w.table),
     output:
@@ -8,6 +8,7 @@ rule table:
             caption="../report/table.rst",
             category="Tables",
         ),
+        tex="results/tables/{table}.tex",
         csv="results/tables/{table}.csv",
         runs="results/tables/{table}.runs.csv",
         plot=report(
@@ -25,5 +26,12 @@ rule table:
             {"name": w.table, **table_cfg(w.table)}, sort_keys=True
         ),
     shell:
-        "python -m samcache table --spec {params.spec:q} --md {output.md} --csv {output.csv} "
-        "--runs-csv {output.runs} --plot {output.plot} {input} > {log} 2>&1"
+        "python -m samcache table --spec {params.spec:q} --md {output.md} --tex {output.tex} "
+        "--csv {output.csv} --runs-csv {output.runs} --plot {output.plot} {input} > {log} 2>&1"
+
+
+rule all_tables:
+    """Every table the configuration's `all_tables` names (all tables when it is empty)."""
+    input:
+        lambda w: expand("results/tables/{table}.md", table=all_table_names()),
+    localrule: True

@@ -12,7 +12,10 @@ from torch import nn
 #: over space and standardised with the training subset's statistics. ``taps``: a dict of
 #: (B, C, g, g) tapped maps in the order the method lists them. ``image``: (B, 3, H, W) float.
 #: ``lesion_mask`` (B, 1, H, W), ``attributes`` (B, A, H, W), ``superpixels`` (B, H, W) int.
-INPUTS = frozenset({"pooled", "taps", "image", "lesion_mask", "attributes", "superpixels"})
+#: ``sam_prior`` (B, 1, H, W) float in [0, 1]: SAMAug-C's cached segmentation prior map.
+INPUTS = frozenset(
+    {"pooled", "taps", "image", "lesion_mask", "attributes", "superpixels", "sam_prior"}
+)
 
 
 class Head(nn.Module):
