@@ -5,7 +5,7 @@ it needs and maps a batch to a dict holding at least ``logits``. A head is added
 builder and registering it by name; the parametrised test over ``HEADS`` then covers it.
 """
 
-from samcache.heads import probe  # noqa: F401  (registers the probe heads)
+from samcache.heads import attnmel, probe, sam_attnmel  # noqa: F401  (registers the heads)
 from samcache.heads.base import HEADS, INPUTS, Head, build_head, head_class, register_head
 
 __all__ = ["HEADS", "INPUTS", "Head", "build_head", "head_class", "register_head"]
