@@ -100,3 +100,12 @@ def test_lazy_and_in_memory_taps_agree(small_store, small_features):
     for t in ("block:1", "neck"):
         torch.testing.assert_close(a["taps"][t], b["taps"][t])
     torch.testing.assert_close(a["pooled"], b["pooled"])
+
+
+def test_read_rows_returns_the_rows_in_the_asked_order(small_store):
+    from samcache.inputs import read_rows
+
+    arr = small_store.group["masks/lesion"]
+    every = np.asarray(arr[:])
+    for items in (np.arange(60), np.array([7, 3, 4, 5, 59, 3, 0]), np.array([], dtype=int)):
+        np.testing.assert_array_equal(read_rows(arr, items), every[items])

@@ -41,6 +41,21 @@ def _resize_uint8(x: np.ndarray, size: int | None, mode: str) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def read_rows(arr, items: np.ndarray) -> np.ndarray:
+    """Rows ``items`` of a Zarr array, in that order, read as one slice per run of consecutive
+    indices: zarr's orthogonal selection of many rows takes seconds and gigabytes (600 demo
+    images: 8 s and 2.8 GB, against 0.5 s for the slice)."""
+    items = np.asarray(items)
+    order = np.argsort(items, kind="stable")
+    rows = items[order]
+    out = np.empty((len(items), *arr.shape[1:]), dtype=arr.dtype)
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)], strict=True):
+        if b > a:
+            out[order[a:b]] = arr[int(rows[a]) : int(rows[b - 1]) + 1]
+    return out
+
+
 class RunInputs:
     def __init__(
         self,
@@ -127,9 +142,7 @@ class RunInputs:
 
     def _prepare(self, key: str, arr, items: np.ndarray) -> np.ndarray:
         """Rows ``items`` of a store array, channels first, at the head's input size."""
-        order = np.argsort(items, kind="stable")
-        x = np.empty((len(items), *arr.shape[1:]), dtype=arr.dtype)
-        x[order] = arr.get_orthogonal_selection((items[order],))
+        x = read_rows(arr, items)
         if key == "image":
             x = x.transpose(0, 3, 1, 2)
         elif key in ("lesion_mask", "superpixels"):
@@ -184,10 +197,7 @@ class RunInputs:
     def _rows(self, v, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         if not self.lazy:
             return v[rows]
-        order = np.argsort(items, kind="stable")
-        x = np.empty((len(items), *v.shape[1:]), dtype=v.dtype)
-        x[order] = v.get_orthogonal_selection((np.asarray(items)[order],))
-        return x
+        return read_rows(v, items)
 
     @staticmethod
     def _to_tensor(key: str, x: np.ndarray) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from samcache.data.store import DatasetStore
-from samcache.inputs import RunInputs
+from samcache.inputs import RunInputs, read_rows
 
 
 def binarise(maps: np.ndarray) -> np.ndarray:
@@ -73,11 +73,7 @@ def named_maps(outputs: Mapping[str, Any], task_type: str) -> dict[str, torch.Te
 
 def read_masks(ds: DatasetStore, items: np.ndarray) -> np.ndarray:
     """Lesion masks of ``items`` (in that order) as a boolean (N, H, W) array."""
-    arr = ds.group["masks/lesion"]
-    order = np.argsort(items, kind="stable")
-    out = np.empty((len(items), *arr.shape[1:]), dtype=arr.dtype)
-    out[order] = arr.get_orthogonal_selection((np.asarray(items)[order],))
-    return out > 0
+    return read_rows(ds.group["masks/lesion"], items) > 0
 
 
 @torch.inference_mode()
