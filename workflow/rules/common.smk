@@ -88,6 +88,21 @@ def method_spec(name):
     return m
 
 
+def method_feature_manifest(dataset, method):
+    """The manifest of the feature cache a method reads; [] when its head reads none."""
+    fset = method_cfg(method).get("features")
+    return [f"{feature_dir(dataset, fset)}/manifest.json"] if fset else []
+
+
+def feature_args(manifests):
+    """`samcache train` options naming the feature store and its cache key, if any."""
+    manifests = [manifests] if isinstance(manifests, str) else list(manifests)
+    if not manifests:
+        return ""
+    cache = Path(manifests[0]).parent
+    return f"--features {cache / 'features.zarr'} --expect-key {cache.name.rsplit('-', 1)[1]}"
+
+
 def run_record(dataset, task, method, fraction, seed):
     return f"results/runs/{dataset}/{task}/{method}/f{fraction:g}_s{seed}.json"
 
@@ -129,9 +144,7 @@ def get_cache_outputs():
         spec = table_cfg(t)
         for b in spec["blocks"]:
             for m in table_row_methods(spec):
-                out.append(
-                    f"{feature_dir(b['dataset'], method_cfg(m)['features'])}/manifest.json"
-                )
+                out += method_feature_manifest(b["dataset"], m)
             for sp in config["superpixels"]:
                 out.append(f"{superpixel_dir(b['dataset'], sp)}/manifest.json")
     return sorted(set(out))
