@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,8 @@ STAGES = ("pool3", "pool4", "pool5")
 
 def vgg16_layers(width: float) -> list[int | str]:
     """VGG-16's layer list (torchvision configuration "D") with channels scaled by ``width``."""
+    from torchvision.models.vgg import cfgs  # imported on use: torchvision costs seconds to load
+
     if not 0 < width <= 1:
         raise ValueError(f"VGG width must be in (0, 1], got {width}")
     return [v if v == "M" else max(1, round(int(v) * width)) for v in cfgs["D"]]
@@ -57,6 +58,8 @@ class VGGBackbone(nn.Module):
 
     def __init__(self, width: float = 1.0, batch_norm: bool = True) -> None:
         super().__init__()
+        from torchvision.models.vgg import make_layers
+
         layers = vgg16_layers(width)
         self.features = make_layers(layers, batch_norm=batch_norm)
         init_vgg(self.features)
