@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from samcache.heads import HEADS, build_head
+from samcache.heads.attnmel import VGGHead
 from samcache.heads.backbones import StagedBackbone, build_backbone
 from samcache.heads.samaug import samaug_c_image
 from samcache.heads.slca import SLCA, Projector, StageFusion
@@ -57,7 +58,9 @@ def shapes_of(batch: dict) -> dict:
 
 
 def tiny_args(cls) -> dict:
-    """Small settings for heads that build a timm backbone."""
+    """Small settings for heads that build a backbone: timm's test ResNet, 1/16 of VGG-16."""
+    if issubclass(cls, VGGHead):
+        return {"width": 1 / 16}
     params = inspect.signature(cls.from_shapes).parameters
     return {"backbone": "test_resnet"} if "backbone" in params else {}
 
@@ -108,6 +111,8 @@ def test_every_head_trains_on_cached_inputs_without_the_encoder(name, encoder_fo
     for key in set(CACHED) & set(batch):  # the cache is data, never a parameter
         for x in batch[key].values() if key == "taps" else [batch[key]]:
             assert not x.requires_grad and x.grad is None, (name, key)
+    for maps in (out.get("attention") or {}).values():  # seed 001's sigmoid attention maps
+        assert maps.shape[:2] == (B, 1) and maps.min() >= 0 and maps.max() <= 1
     before = [p.detach().clone() for p in head.parameters()]
     torch.optim.AdamW(head.parameters(), lr=1e-3).step()
     assert any(not torch.equal(a, p) for a, p in zip(before, head.parameters(), strict=True))

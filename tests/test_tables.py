@@ -128,3 +128,91 @@ def test_a_single_fraction_table_has_no_fraction_level(tmp_path):
     )
     frame = pd.read_csv(tmp_path / "a.csv", index_col=0)
     assert list(frame.columns) == ["D1/100%/ACC/mean", "D1/100%/ACC/std"]
+
+
+TABLE3 = {
+    "name": "t3",
+    "title": "Jaccard of attention maps",
+    "layout": "methods_as_columns",
+    "blocks": [{"dataset": "d1", "task": "y", "label": "D1 test"}],
+    "rows": [
+        {"method": "attn", "label": "Attn"},
+        {"method": "gap", "label": "GAP", "metrics": ["jaccard_cam"]},
+    ],
+    "metrics": ["jaccard_pool3", "jaccard_pool4"],
+    "metric_labels": {"jaccard_pool3": "pool3", "jaccard_pool4": "pool4", "jaccard_cam": "CAM"},
+    "fractions": [100],
+    "seeds": [0, 1],
+}
+
+
+def _attention_records(tmp_path):
+    paths, values = [], {}
+    for method, metrics in (
+        ("attn", ("jaccard_pool3", "jaccard_pool4")),
+        ("gap", ("jaccard_cam",)),
+    ):
+        for s in (0, 1):
+            test = {"acc": 0.9, "auc": 0.9, "ap": 0.9}
+            for i, m in enumerate(metrics):
+                test[m] = values[(method, m, s)] = 0.2 + 0.1 * i + 0.05 * s
+            p = tmp_path / f"{method}_{s}.json"
+            p.write_text(
+                json.dumps(
+                    {
+                        "dataset": "d1",
+                        "task": "y",
+                        "method": method,
+                        "fraction": 100,
+                        "seed": s,
+                        "metrics": {"test": test},
+                    }
+                )
+            )
+            paths.append(p)
+    return paths, values
+
+
+def test_methods_as_column_groups_each_with_its_own_metrics(tmp_path):
+    paths, values = _attention_records(tmp_path)
+    md, csv, tex = tmp_path / "t3.md", tmp_path / "t3.csv", tmp_path / "t3.tex"
+    write_table(TABLE3, paths, md, csv, tmp_path / "t3.runs.csv", tmp_path / "t3.png", tex=tex)
+    frame = pd.read_csv(csv, index_col=0)
+    assert list(frame.index) == ["D1 test"]
+    assert [c for c in frame.columns if c.endswith("/mean")] == [
+        "Attn/pool3/mean",
+        "Attn/pool4/mean",
+        "GAP/CAM/mean",
+    ]
+    for col, key in (
+        ("Attn/pool4", ("attn", "jaccard_pool4")),
+        ("GAP/CAM", ("gap", "jaccard_cam")),
+    ):
+        xs = [100 * values[(*key, s)] for s in (0, 1)]
+        assert frame.loc["D1 test", f"{col}/mean"] == pytest.approx(statistics.mean(xs), abs=1e-4)
+        assert frame.loc["D1 test", f"{col}/std"] == pytest.approx(statistics.stdev(xs), abs=1e-4)
+    lines = md.read_text().splitlines()
+    assert lines[2] == "| Dataset | Attn pool3 | Attn pool4 | GAP CAM |"
+    assert lines[4] == "| D1 test | 22.50 ± 3.54 | 32.50 ± 3.54 | 22.50 ± 3.54 |"
+    assert (tmp_path / "t3.png").stat().st_size > 1000
+    lines = tex.read_text().splitlines()
+    i = lines.index(r"\toprule")
+    assert lines[i + 1] == r" & \multicolumn{2}{c}{Attn} & \multicolumn{1}{c}{GAP} \\"
+    assert lines[i + 3] == r"Dataset & pool3 & pool4 & CAM \\"
+    assert lines[i + 5] == (r"D1 test & $22.50 \pm 3.54$ & $32.50 \pm 3.54$ & $22.50 \pm 3.54$ \\")
+
+
+def test_rows_with_their_own_metrics_in_the_method_rows_layout(tmp_path):
+    paths, _ = _attention_records(tmp_path)
+    spec = {**TABLE3, "layout": "rows_are_methods", "name": "t3b"}
+    write_table(spec, paths, tmp_path / "b.md", tmp_path / "b.csv")
+    text = (tmp_path / "b.md").read_text()
+    assert "| Method | pool3 | pool4 | CAM |" in text  # one fraction: no fraction level
+    assert "| GAP | – | – | 22.50 ± 3.54 |" in text
+
+
+def test_a_metric_the_run_did_not_report_is_an_error_that_names_the_record(tmp_path):
+    paths, _ = _attention_records(tmp_path)
+    spec = {**TABLE3, "rows": [{"method": "gap", "label": "GAP"}]}  # gap has no pool3 map
+    with pytest.raises(ValueError, match=r"gap_0.json has no test metric \['jaccard_pool3'"):
+        write_table(spec, paths, tmp_path / "x.md", tmp_path / "x.csv")

@@ -213,3 +213,18 @@ def test_demo_dag_end_to_end(tmp_path):
     assert (tmp_path / "logs/train").is_dir()
     again = snakemake(tmp_path, "--dry-run")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_seed001_tables_schedule_their_runs_and_image_heads_need_no_feature_cache(tmp_path):
+    res = snakemake(tmp_path, "--dry-run", "results/tables/demo_seed001_table3.md")
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout) == {"dataset": 1, "features": 1, "train": 12, "table": 1}
+    overlay = tmp_path / "vgg_only.yaml"
+    overlay.write_text(
+        "tables:\n  vgg_only:\n    blocks: [{dataset: demo, task: melanoma}]\n"
+        "    rows: [demo_attnmel_cnn_lesion]\n    fractions: [100]\n    seeds: [0]\n"
+    )
+    res = snakemake(tmp_path, "--dry-run", "results/tables/vgg_only.md", config=(DEMO, overlay))
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout) == {"dataset": 1, "train": 1, "table": 1}
+    assert "--features" not in res.stdout.split("rule train")[1].split("rule table")[0]

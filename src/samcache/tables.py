@@ -13,6 +13,12 @@ metrics, record path, cache key and code version, so every cell traces back to i
 Header levels follow the paper: a table with one fraction (seed 000's ablation Tables III and IV)
 has no fraction level, and one with a single block and a single fraction shows the block in the
 caption instead of a header row.
+Rows may name their own ``metrics`` (a method that exposes attention maps reports Jaccard
+indices another does not) and ``metric_labels`` renames metrics in the header. With
+``layout: methods_as_columns`` the methods become column groups, each with its own metrics,
+and the rows are the blocks (and fractions): seed 001's Table 3, one Jaccard index per method
+and attention layer.
+
 """
 
 from __future__ import annotations
@@ -35,6 +41,20 @@ def normalise_rows(rows: Sequence[str | Mapping[str, str]]) -> list[dict[str, st
         {"method": r, "label": r} if isinstance(r, str) else {"label": r["method"], **r}
         for r in rows
     ]
+
+
+def row_metrics(spec: Mapping[str, Any], row: Mapping[str, Any]) -> list[str]:
+    return list(row.get("metrics") or spec["metrics"])
+
+
+def table_metrics(spec: Mapping[str, Any]) -> list[str]:
+    """Every metric some row reports, the table's own first, in order of appearance."""
+    rows = normalise_rows(spec["rows"])
+    return list(dict.fromkeys([*spec["metrics"], *(m for r in rows for m in row_metrics(spec, r))]))
+
+
+def metric_label(spec: Mapping[str, Any], metric: str) -> str:
+    return (spec.get("metric_labels") or {}).get(metric) or METRIC_LABELS.get(metric, metric)
 
 
 def block_label(block: Mapping[str, str]) -> str:
@@ -86,6 +106,14 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
                     if rec is None:
                         missing.append(key)
                         continue
+                    test = rec["metrics"]["test"]
+                    absent = [m for m in row_metrics(spec, row) if m not in test]
+                    if absent:
+                        raise ValueError(
+                            f"run record {rec.get('_path', key)} has no test metric {absent}; "
+                            f"it reports {sorted(test)}. Remove the metric from the table row "
+                            f"'{row['label']}' or rerun the method so that it reports it."
+                        )
                     rows.append(
                         {
                             "block": b,
@@ -94,7 +122,7 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
                             "row_label": row["label"],
                             "fraction": float(frac),
                             "seed": int(seed),
-                            **{m: rec["metrics"]["test"][m] for m in spec["metrics"]},
+                            **{m: test[m] for m in row_metrics(spec, row)},
                             "best_epoch": rec.get("best_epoch"),
                             "n_train": rec.get("n_train"),
                             "cache_key": rec.get("cache_key"),
@@ -113,46 +141,74 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
     return pd.DataFrame(rows)
 
 
+def _cell(
+    spec: Mapping[str, Any], runs: pd.DataFrame, b: int, row: Mapping[str, Any], frac, m: str
+) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1; 0 for one seed) in percent; NaN where the row lacks m."""
+    if m not in row_metrics(spec, row):
+        return float("nan"), float("nan")
+    sel = runs[(runs.block == b) & (runs.method == row["method"]) & (runs.fraction == float(frac))]
+    x = 100.0 * sel[m].to_numpy(dtype=float)
+    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
 def summary_frame(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows = methods in spec order; columns = (block, fraction, metric, stat) in spec order."""
+    """Rows = methods in spec order; columns = (block, fraction, metric, stat) in spec order.
+
+    With ``layout: methods_as_columns``: rows = blocks (x fractions), columns = (method, metric,
+    stat), each method with its own metrics.
+    """
+    if spec.get("layout") == "methods_as_columns":
+        return summary_methods_as_columns(spec, runs)
     cols, data = [], {}
     rows = normalise_rows(spec["rows"])
     for b, block in enumerate(spec["blocks"]):
         for frac in spec["fractions"]:
-            for m in spec["metrics"]:
-                for stat in ("mean", "std"):
-                    col = (
-                        block_label(block),
-                        fraction_label(float(frac)),
-                        METRIC_LABELS.get(m, m),
-                        stat,
-                    )
-                    cols.append(col)
-                    vals = []
-                    for row in rows:
-                        sel = runs[
-                            (runs.block == b)
-                            & (runs.method == row["method"])
-                            & (runs.fraction == float(frac))
-                        ]
-                        x = 100.0 * sel[m].to_numpy(dtype=float)
-                        vals.append(
-                            x.mean() if stat == "mean" else (x.std(ddof=1) if len(x) > 1 else 0.0)
-                        )
-                    data[col] = vals
+            for m in table_metrics(spec):
+                cells = [_cell(spec, runs, b, row, frac, m) for row in rows]
+                for i, stat in enumerate(("mean", "std")):
+                    col = (block_label(block), fraction_label(float(frac)), metric_label(spec, m))
+                    cols.append((*col, stat))
+                    data[cols[-1]] = [c[i] for c in cells]
     frame = pd.DataFrame(data, index=[r["label"] for r in rows])
     frame.columns = pd.MultiIndex.from_tuples(cols, names=["block", "fraction", "metric", "stat"])
     frame.index.name = "Method"
     return frame
 
 
+def summary_methods_as_columns(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
+    rows = normalise_rows(spec["rows"])
+    several = len(spec["fractions"]) > 1
+    where = [(b, block, f) for b, block in enumerate(spec["blocks"]) for f in spec["fractions"]]
+    index = [
+        block_label(block) + (f" {fraction_label(float(f))}" if several else "")
+        for _, block, f in where
+    ]
+    cols, data = [], {}
+    for row in rows:
+        for m in row_metrics(spec, row):
+            cells = [_cell(spec, runs, b, row, f, m) for b, _, f in where]
+            for i, stat in enumerate(("mean", "std")):
+                cols.append((row["label"], metric_label(spec, m), stat))
+                data[cols[-1]] = [c[i] for c in cells]
+    frame = pd.DataFrame(data, index=index)
+    frame.columns = pd.MultiIndex.from_tuples(cols, names=["method", "metric", "stat"])
+    frame.index.name = "Dataset"
+    return frame
+
+
 def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     means = summary.xs("mean", axis=1, level="stat")
     stds = summary.xs("std", axis=1, level="stat")
-    single_block = len(spec["blocks"]) == 1
+    by_method = spec.get("layout") == "methods_as_columns"
+    single_block = len(spec["blocks"]) == 1 and not by_method
     _, show_fraction = header_levels(spec)
-    header = ["Method"]
-    for block, frac, metric in means.columns:
+    header = [str(summary.index.name)]
+    for col in means.columns:  # (block, fraction, metric), or (method, metric)
+        if by_method:
+            header.append(" ".join(col))
+            continue
+        block, frac, metric = col
         parts = ([] if single_block else [block]) + ([frac] if show_fraction else []) + [metric]
         header.append(" ".join(parts))
     lines = [f"### {spec.get('title', spec.get('name', 'Table'))}", ""]
@@ -162,7 +218,12 @@ def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|")
     for label in means.index:
-        cells = [f"{means.loc[label, c]:.2f} ± {stds.loc[label, c]:.2f}" for c in means.columns]
+        cells = [
+            f"{means.loc[label, c]:.2f} ± {stds.loc[label, c]:.2f}"
+            if np.isfinite(means.loc[label, c])
+            else "–"
+            for c in means.columns
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", seeds_note(spec)]
     if spec.get("caption"):
@@ -214,11 +275,13 @@ def _group_row(spans: list[tuple[tuple, int, int]], text) -> list[str]:
 
 
 def to_latex(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
-    """The table as LaTeX (booktabs): block and fraction header rows over the metric row."""
+    """The table as LaTeX (booktabs): group header rows (block and fraction, or method) over the
+    metric row; a cell the row does not report prints as an en dash."""
     means = summary.xs("mean", axis=1, level="stat")
     stds = summary.xs("std", axis=1, level="stat")
     cols = list(means.columns)
-    show_block, show_fraction = header_levels(spec)
+    by_method = spec.get("layout") == "methods_as_columns"
+    show_block, show_fraction = (True, False) if by_method else header_levels(spec)
     title = str(spec.get("title", spec.get("name", "Table")))
     if not show_block:
         title += f" ({block_label(spec['blocks'][0])})"
@@ -232,14 +295,17 @@ def to_latex(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
         r"\toprule",
     ]
     if show_block:
-        lines += _group_row(_spans([(b,) for b, _, _ in cols]), lambda k: k[0])
+        lines += _group_row(_spans([(c[0],) for c in cols]), lambda k: k[0])
     if show_fraction:
-        lines += _group_row(_spans([(b, f) for b, f, _ in cols]), lambda k: k[1])
-    metrics = " & ".join(latex_escape(m) for _, _, m in cols)
-    lines += [f"Method & {metrics} \\\\", r"\midrule"]
+        lines += _group_row(_spans([(c[0], c[1]) for c in cols]), lambda k: k[1])
+    metrics = " & ".join(latex_escape(c[-1]) for c in cols)
+    lines += [f"{latex_escape(summary.index.name)} & {metrics} \\\\", r"\midrule"]
     for label in means.index:
         cells = " & ".join(
-            f"${means.loc[label, c]:.2f} \\pm {stds.loc[label, c]:.2f}$" for c in cols
+            f"${means.loc[label, c]:.2f} \\pm {stds.loc[label, c]:.2f}$"
+            if np.isfinite(means.loc[label, c])
+            else "--"
+            for c in cols
         )
         lines.append(f"{latex_escape(label)} & {cells} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
@@ -268,7 +334,10 @@ def write_table(
     if runs_csv is not None:
         runs.to_csv(runs_csv, index=False)
     if plot is not None:
-        plot_table(spec, summary, plot)
+        if spec.get("layout") == "methods_as_columns":
+            plot_columns(spec, summary, plot)
+        else:
+            plot_table(spec, summary, plot)
     return summary
 
 
@@ -301,6 +370,33 @@ def plot_table(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path)
         ax.set_xticks(fractions)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(spec.get("title", spec.get("name", "")), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_columns(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
+    """One panel per table row: a bar per (method, metric) column, with its std as error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = summary.xs("mean", axis=1, level="stat")
+    stds = summary.xs("std", axis=1, level="stat")
+    labels = [" ".join(c) for c in means.columns]
+    n = len(means.index)
+    fig, axes = plt.subplots(
+        n, 1, figsize=(max(4.0, 0.6 * len(labels) + 1.5), 3.2 * n), squeeze=False
+    )
+    for ax, row in zip(axes[:, 0], means.index, strict=True):
+        x = np.arange(len(labels))
+        ax.bar(x, means.loc[row].to_numpy(), yerr=stds.loc[row].to_numpy(), capsize=3)
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("%")
+        ax.set_title(str(row), fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
     fig.suptitle(spec.get("title", spec.get("name", "")), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

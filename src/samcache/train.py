@@ -33,11 +33,12 @@ from samcache import __version__, code_version
 from samcache.augment import AugmentSpec, augment
 from samcache.data.fractions import fraction_subsample, subsample_digest
 from samcache.data.store import DatasetStore, TaskInfo
-from samcache.device import resolve_device
+from samcache.device import resolve_device, to_device
 from samcache.features.sam_prior import stored_key
 from samcache.features.store import FeatureStore
 from samcache.heads import Head, build_head, head_class
 from samcache.inputs import RunInputs, batches
+from samcache.localisation import localisation_metrics
 from samcache.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -56,19 +57,33 @@ class TrainSettings:
     augment: bool | dict = True  # flips and crops, applied to every spatial input alike
     oversample: bool = False  # minority classes drawn as often as the majority (seed 001)
     max_memory_gb: float = 4.0  # above this a run reads its inputs from Zarr per batch
+    optimizer: str = "adamw"  # or "sgd": seed 001's SGD with (Nesterov) momentum
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: constant)
+    lr_gamma: float = 0.1
+
+
+def make_optimizer(
+    params: list[torch.nn.Parameter], s: TrainSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """AdamW (seed 000), or SGD with momentum (seed 001); optionally a step decay per epoch."""
+    if s.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    elif s.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        )
+    else:
+        raise ValueError(f"train.optimizer: unknown optimizer '{s.optimizer}' (adamw or sgd)")
+    sched = torch.optim.lr_scheduler.StepLR(opt, s.lr_step, s.lr_gamma) if s.lr_step else None
+    return opt, sched
 
 
 def seed_everything(seed: int, threads: int) -> None:
     torch.manual_seed(seed)  # every other draw uses generators seeded explicitly
     torch.set_num_threads(max(1, threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))
-        for k, v in batch.items()
-    }
 
 
 def probabilities(task_type: str, logits: torch.Tensor) -> torch.Tensor:
@@ -162,7 +177,7 @@ def train_run(
         **dict(method.get("head_args", {})),
     ).to(device)
     trainable = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    opt, sched = make_optimizer(trainable, settings)
     gen = torch.Generator().manual_seed(seed)
     aug = AugmentSpec.from_config(settings.augment)
 
@@ -181,6 +196,8 @@ def train_run(
             loss.backward()
             opt.step()
             losses.append(loss.item())
+        if sched is not None:
+            sched.step()
         val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
         history.append(
             {
@@ -195,6 +212,15 @@ def train_run(
     if best_state is not None:
         head.load_state_dict(best_state)
     test = evaluate(head, inputs, splits["test"], info, device, settings.batch_size)
+    test |= localisation_metrics(  # seed 001's Table 3; {} for heads without attention maps
+        lambda b: head(to_device(b, device)),
+        inputs,
+        splits["test"],
+        ds,
+        task_type=info.type,
+        batch_size=settings.batch_size,
+        frame=getattr(head, "attention_frame", "image"),
+    )
     val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
 
     record = {
@@ -215,6 +241,7 @@ def train_run(
         "n_test": int(len(splits["test"])),
         "subsample_digest": subsample_digest(subset),
         "best_epoch": best_epoch,
+        "head_info": dict(getattr(head, "info", {})),
         "metrics": {"test": test, "val": val},
         "history": history,
         "cache_key": fs.key if fs is not None else None,

@@ -1,5 +1,5 @@
 rule train:
-    """One run: a head trained on cached inputs at one fraction and seed -> a JSON record.
+    """One run: a head trained on cached features (or images) at one fraction and seed -> a record.
 
     The record's rerun trigger is the method's resolved settings and the package version
     (params), not the mtime of files under src/, deliberately: editing code does not silently

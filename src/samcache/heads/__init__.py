@@ -6,8 +6,10 @@ builder and registering it by name; the parametrised test over ``HEADS`` then co
 """
 
 from samcache.heads import (  # noqa: F401  (each module registers its heads)
+    attnmel,
     classifier,
     probe,
+    sam_attnmel,
     samaug,
     slca,
 )

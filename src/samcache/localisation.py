@@ -1,0 +1,105 @@
+"""How well attention maps localise the lesion: seed 001's Table 3 (Jaccard of binarised maps).
+
+For every test image and every map a head exposes (``outputs["attention"]``, and the class
+activation map of ``outputs["cam"]``), following the paper and its authors' evaluation code:
+
+1. the map is upsampled bilinearly to the stored lesion mask's size (maps of SAM taps first lose
+   the rows or columns that cover SAM's square padding);
+2. it is min-max normalised to [0, 1] per image and binarised at 0.5 (``>= 0.5``); a constant
+   map has no region singled out and binarises to all zeros;
+3. the Jaccard index ``|P ∩ M| / |P ∪ M|`` with the lesion mask M is computed per image (1 when
+   both are empty), and the index is averaged over the images.
+
+The CAM is taken for the positive class of a binary task (melanoma; the authors' choice) and for
+the predicted class otherwise. Results go into the run record's test metrics as
+``jaccard_<map>``: ``jaccard_pool3``, ``jaccard_pool4``, ``jaccard_cam``, ``jaccard_block16``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samcache.data.store import DatasetStore
+from samcache.features.store import read_items
+from samcache.inputs import RunInputs
+
+
+def binarise(maps: np.ndarray) -> np.ndarray:
+    """(N, H, W) maps, each min-max normalised to [0, 1] and thresholded at 0.5."""
+    maps = np.asarray(maps, dtype=np.float64)
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    norm = np.divide(maps - lo, span, out=np.zeros_like(maps), where=span > 0)
+    return norm >= 0.5
+
+
+def jaccard_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(N,) Jaccard index of boolean (N, H, W) maps; 1 where both maps are empty."""
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    inter = (pred & target).sum(axis=(1, 2))
+    union = (pred | target).sum(axis=(1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def maps_to_mask_frame(maps: torch.Tensor, size: tuple[int, int], frame: str) -> torch.Tensor:
+    """(B, 1, h, w) maps as (B, H, W) over the mask's pixels (``frame``: "image"|"sam_square")."""
+    if frame == "sam_square":  # the map covers the image padded to a square at bottom/right
+        height, width = size
+        side = max(height, width)
+        h, w = maps.shape[-2:]
+        maps = maps[..., : max(1, round(h * height / side)), : max(1, round(w * width / side))]
+    elif frame != "image":
+        raise ValueError(f"unknown attention frame '{frame}'")
+    up = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+    return up[:, 0]
+
+
+def named_maps(outputs: Mapping[str, Any], task_type: str) -> dict[str, torch.Tensor]:
+    """The (B, 1, h, w) maps to evaluate: attention maps by name, and ``cam``."""
+    maps = dict(outputs.get("attention") or {})
+    cam = outputs.get("cam")
+    if cam is not None:
+        if task_type == "binary":
+            maps["cam"] = cam[:, -1:]
+        else:
+            k = outputs["logits"].argmax(dim=1)
+            maps["cam"] = cam.gather(1, k[:, None, None, None].expand(-1, 1, *cam.shape[-2:]))
+    return maps
+
+
+def read_masks(ds: DatasetStore, items: np.ndarray) -> np.ndarray:
+    """Lesion masks of ``items`` (in that order) as a boolean (N, H, W) array."""
+    return read_items(ds.group["masks/lesion"], items) > 0
+
+
+@torch.inference_mode()
+def localisation_metrics(
+    forward: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    inputs: RunInputs,
+    items: np.ndarray,
+    ds: DatasetStore,
+    *,
+    task_type: str,
+    batch_size: int,
+    frame: str = "image",
+) -> dict[str, float]:
+    """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks."""
+    if not ds.has_lesion_mask or len(items) == 0:
+        return {}
+    items = np.asarray(items)
+    totals: dict[str, float] = {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        maps = named_maps(forward(inputs.batch(chunk)), task_type)
+        if not maps:
+            return {}
+        masks = read_masks(ds, chunk)
+        for name, m in maps.items():
+            pred = binarise(maps_to_mask_frame(m.cpu(), masks.shape[1:], frame).numpy())
+            totals[name] = totals.get(name, 0.0) + float(jaccard_per_image(pred, masks).sum())
+    return {f"jaccard_{name}": total / len(items) for name, total in totals.items()}
