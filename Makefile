@@ -11,10 +11,11 @@ CORES ?= all
 DEMO := --configfile workflow/config/demo.yaml --replace-workflow-config
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint dry-run report clean-demo help
+.PHONY: demo demo-tables test lint dry-run report clean-demo help
 
 help:
 	@echo "make demo      run the whole pipeline on the embedded synthetic demo (CPU, minutes)"
+	@echo "make demo-tables  every demo table of the papers' layouts (snakemake all_tables)"
 	@echo "make test      run the test suite (unit tests and one end-to-end demo run)"
 	@echo "make lint      ruff, snakefmt and snakemake --lint"
 	@echo "make dry-run   show the demo's plan without running it"
@@ -29,6 +30,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(DEMO)
+
+demo-tables: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all_tables $(DEMO)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake --dry-run $(DEMO)
@@ -46,5 +50,6 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint $(DEMO)
 
 clean-demo:
-	rm -rf data/stores/demo.zarr cache/features/demo cache/superpixels/demo results/runs/demo \
+	rm -rf data/stores/demo.zarr cache/features/demo cache/superpixels/demo \
+	  cache/sam_priors/demo results/runs/demo \
 	  results/tables/demo_* logs
