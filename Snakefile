@@ -28,6 +28,6 @@ rule all:
 
 
 rule caches:
-    """Only the feature and superpixel caches the target tables need (the GPU part)."""
+    """Only the feature, SAM-prior and superpixel caches the target tables need (the GPU part)."""
     input:
         get_cache_outputs(),
