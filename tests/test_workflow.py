@@ -183,6 +183,30 @@ def test_paper_tables_plan_every_run_with_the_papers_settings(tmp_path):
     assert epochs == {("isic2017", 400), ("retinamnist", 100), ("breastmnist", 100)}
 
 
+def test_seed001_paper_tables_plan_the_papers_schedule_on_the_cropped_isic_stores(tmp_path):
+    paper = yaml.safe_load(PAPER.read_text())
+    names = ["seed001_table1", "seed001_table2", "seed001_table3"]
+    res = snakemake(
+        tmp_path, "--dry-run", *[f"results/tables/{n}.md" for n in names], config=(PAPER,)
+    )
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["train"] == len(table_records(paper, names)) == 42  # Table 3 reuses Table 2's
+    assert counts["dataset"] == counts["features"] == 2  # isic2016, isic2017_crop256
+    specs = [
+        (m.group(1), json.loads(m.group(2)))
+        for m in re.finditer(
+            r"train --dataset data/stores/(\w+)\.zarr .*?--spec '(\{.*?\})'", res.stdout
+        )
+    ]
+    assert {d for d, _ in specs} == {"isic2016", "isic2017_crop256"}
+    schedules = {
+        (s["train"]["optimizer"], s["train"]["lr"], s["train"]["epochs"], s["train"]["oversample"])
+        for _, s in specs
+    }
+    assert schedules == {("sgd", 0.01, 50, True)}
+
+
 @pytest.mark.slow
 def test_demo_dag_end_to_end(tmp_path):
     res = snakemake(tmp_path, "--cores", "2")
