@@ -347,7 +347,8 @@ def cells_filled(summary: pd.DataFrame) -> bool:
 
 
 def plot_table(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
-    """One panel per (block, metric): the metric against the training fraction, a line per method."""
+    """One panel per (block, metric). Several fractions: the metric against the training
+    fraction, a line per method. One fraction (ablation tables): a horizontal bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,24 +357,44 @@ def plot_table(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path)
     means = summary.xs("mean", axis=1, level="stat")
     stds = summary.xs("std", axis=1, level="stat")
     panels = list(dict.fromkeys((b, m) for b, _, m in means.columns))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     fractions = [float(f) for f in spec["fractions"]]
+    bars = len(fractions) == 1
+    height = max(3.4, 0.35 * len(means.index) + 1.5) if bars else 3.4
+    width = 4.2 + (0.06 * max(len(str(i)) for i in means.index) if bars else 0.0)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(width * len(panels), height), squeeze=False, sharey=bars
+    )
     for ax, (block, metric) in zip(axes[0], panels, strict=True):
         cols = [(block, fraction_label(f), metric) for f in fractions]
-        for label in means.index:
-            y = [means.loc[label, c] for c in cols]
-            e = [stds.loc[label, c] for c in cols]
-            ax.errorbar(fractions, y, yerr=e, marker="o", capsize=3, label=label)
-        ax.set_title(f"{block}: {metric}" if len(spec["blocks"]) > 1 else metric)
-        ax.set_xlabel("training data (%)")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.set_xticks(fractions)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(spec.get("title", spec.get("name", "")), fontsize=9)
+        if bars:
+            y = np.arange(len(means.index))[::-1]
+            ax.barh(y, means[cols[0]].to_numpy(), xerr=stds[cols[0]].to_numpy(), capsize=3)
+            ax.set_yticks(y, [str(i) for i in means.index], fontsize=7)
+            ax.set_xlabel(f"{metric} (%), {fraction_label(fractions[0])} of training data")
+            ax.grid(alpha=0.3, axis="x")
+        else:
+            for label in means.index:
+                yv = [means.loc[label, c] for c in cols]
+                e = [stds.loc[label, c] for c in cols]
+                ax.errorbar(fractions, yv, yerr=e, marker="o", capsize=3, label=label)
+            ax.set_xlabel("training data (%)")
+            ax.set_ylabel(f"{metric} (%)")
+            ax.set_xticks(fractions)
+            ax.grid(alpha=0.3)
+        ax.set_title(f"{block}: {metric}" if len(spec["blocks"]) > 1 else metric, fontsize=9)
+    if not bars:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(_wrap(spec.get("title", spec.get("name", "")), width * len(panels)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _wrap(title: str, inches: float) -> str:
+    """A figure title broken into lines that fit the figure's width (about 15 characters/inch)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(title), width=max(20, int(15 * inches))))
 
 
 def plot_columns(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
@@ -397,7 +418,7 @@ def plot_columns(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Pat
         ax.set_ylabel("%")
         ax.set_title(str(row), fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(spec.get("title", spec.get("name", "")), fontsize=9)
+    fig.suptitle(_wrap(spec.get("title", spec.get("name", "")), fig.get_figwidth()), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
