@@ -19,6 +19,41 @@ def test_flip_only_is_an_exact_flip():
         torch.testing.assert_close(out[i], expected)
 
 
+def test_quarter_turns_are_exact_and_the_same_for_every_map_of_a_sample():
+    """rot90 alone permutes pixels exactly as torch.rot90 does, by one k per sample for the
+    image, its mask and a coarser tap; every k occurs."""
+    n, s = 16, 8
+    g = torch.Generator().manual_seed(3)
+    batch = {
+        "label": torch.zeros(n),
+        "image": torch.rand(n, 3, s, s, generator=g),
+        "lesion_mask": (torch.rand(n, 1, s, s, generator=g) > 0.5).float(),
+        "taps": {"t": torch.rand(n, 4, s // 2, s // 2, generator=g)},
+    }
+    spec = AugmentSpec(hflip=False, vflip=False, crop_scale=(1.0, 1.0), rot90=True)
+    out = augment(batch, spec, torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(n):
+        ks = [
+            k
+            for k in range(4)
+            if torch.allclose(out["image"][i], torch.rot90(batch["image"][i], k, dims=(-2, -1)))
+        ]
+        assert len(ks) == 1, i
+        k = ks[0]
+        seen.add(k)
+        for key, x in (("lesion_mask", batch["lesion_mask"]), ("taps", batch["taps"]["t"])):
+            got = out["taps"]["t"] if key == "taps" else out[key]
+            torch.testing.assert_close(got[i], torch.rot90(x[i], k, dims=(-2, -1)))
+    assert seen == {0, 1, 2, 3}
+
+
+def test_augment_settings_are_read_from_the_config():
+    spec = AugmentSpec.from_config({"rot90": True, "crop_scale": [0.7, 0.7], "vflip": False})
+    assert spec == AugmentSpec(hflip=True, vflip=False, crop_scale=(0.7, 0.7), rot90=True)
+    assert AugmentSpec.from_config(False) is None and AugmentSpec.from_config(True) == AugmentSpec()
+
+
 def test_image_masks_and_maps_move_together():
     """A mask drawn from the image, warped with it, still marks the same pixels of the image;
     a coarse map of the same scene stays aligned at its own resolution."""

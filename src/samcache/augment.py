@@ -1,10 +1,12 @@
 """Geometric augmentation applied consistently to an image and every spatial map paired with it.
 
-One random flip/crop is drawn per sample and expressed as an affine sampling grid in normalised
-coordinates; every spatial input of that sample (image, tapped feature maps of any grid size,
+One random flip/crop (and, with ``rot90``, a quarter turn) is drawn per sample and expressed as
+an affine sampling grid in normalised coordinates; every spatial input of that sample (image, tapped feature maps of any grid size,
 masks, superpixel labels) is resampled with the same grid, bilinearly for continuous values and
 by nearest neighbour for labels and masks. A crop keeps ``crop_scale`` of the area (uniformly
 drawn) at a random position and is resized back to each map's own size, so shapes never change.
+``rot90`` turns by 0, 90, 180 or 270 degrees (seed 001's authors' ``RandomRotate``); on square
+maps that is an exact permutation of the pixels, of a mask's labels and of a tap's grid cells.
 
 The frozen encoder ran on the un-augmented image; transforming its feature maps with the image
 is the cache's stand-in for re-encoding the augmented image (exact for flips of a
@@ -36,6 +38,7 @@ class AugmentSpec:
     hflip: bool = True
     vflip: bool = True
     crop_scale: tuple[float, float] = (0.8, 1.0)
+    rot90: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | bool | None) -> AugmentSpec | None:
@@ -47,6 +50,7 @@ class AugmentSpec:
             hflip=cfg.get("hflip", True),
             vflip=cfg.get("vflip", True),
             crop_scale=tuple(cfg.get("crop_scale", (0.8, 1.0))),
+            rot90=cfg.get("rot90", False),
         )
 
 
@@ -64,6 +68,12 @@ def random_affine(batch_size: int, spec: AugmentSpec, generator: torch.Generator
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = side * fy
     theta[:, 1, 2] = cy
+    if spec.rot90:  # drawn after the rest, so runs without it keep their random stream
+        k = torch.randint(0, 4, (batch_size,), generator=generator)
+        cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
+        sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
+        rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+        theta[:, :, :2] = theta[:, :, :2] @ rot
     return theta
 
 
@@ -80,7 +90,7 @@ def warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def augment(batch: dict[str, Any], spec: AugmentSpec, generator: torch.Generator) -> dict[str, Any]:
-    """The batch with one random flip/crop per sample applied to every spatial input."""
+    """The batch with one random flip/crop/turn per sample applied to every spatial input."""
     keys = [k for k in SPATIAL if k in batch]
     if not keys:
         return batch
