@@ -35,14 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from segment_anything import SamPredictor
-from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
 from samcache.data.store import write_dataset_store
 from samcache.device import resolve_device
 from samcache.features.attention import use_sdpa
 from samcache.features.cost import encoder_flops, matmul_tflops
-from samcache.features.encoders import build_encoder
+from samcache.features.encoders import build_encoder, sam_around
 from samcache.features.extract import no_tf32_for_float32, open_or_create_cache
 from samcache.features.pipeline import autocast_factory, choose_attention, run_pipeline
 from samcache.features.preprocess import SamPreprocess
@@ -62,30 +61,6 @@ DATASHEET_TFLOPS = {
     ("A100", "float16"): 312.0,
     ("A100", "float32"): 19.5,
 }
-
-
-def sam_around(encoder: torch.nn.Module, name: str) -> Sam:
-    """A Sam model around ``encoder`` (decoder sizes as in build_sam), for SamPredictor."""
-    spec = encoder_spec(name)
-    d = spec.out_chans
-    return Sam(
-        image_encoder=encoder,
-        prompt_encoder=PromptEncoder(
-            embed_dim=d,
-            image_embedding_size=(spec.grid, spec.grid),
-            input_image_size=(spec.img_size, spec.img_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=d, mlp_dim=2048, num_heads=8),
-            transformer_dim=d,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
-        pixel_mean=list(spec.pixel_mean),
-        pixel_std=list(spec.pixel_std),
-    ).eval()
 
 
 def synchronize(device: torch.device) -> None:

@@ -6,40 +6,15 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor
-from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from samcache.data.store import write_dataset_store
-from samcache.features.encoders import build_encoder, encoder_spec
+from samcache.features.encoders import build_encoder, encoder_spec, sam_around
 from samcache.features.extract import extract_features
 from samcache.features.specs import feature_set_from_config, parse_taps
 from samcache.features.store import FeatureStore, read_items
 from samcache.zarrio import StoreError
 
 from conftest import TAPS, tiny_feature_config
-
-
-def _sam_around(encoder) -> Sam:
-    """A full Sam model around the encoder, only so that SamPredictor can drive it."""
-    spec = encoder_spec("vit_tiny")
-    d = spec.out_chans
-    return Sam(
-        image_encoder=encoder,
-        prompt_encoder=PromptEncoder(
-            embed_dim=d,
-            image_embedding_size=(spec.grid, spec.grid),
-            input_image_size=(spec.img_size, spec.img_size),
-            mask_in_chans=8,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=d, mlp_dim=64, num_heads=4),
-            transformer_dim=d,
-            iou_head_depth=2,
-            iou_head_hidden_dim=32,
-        ),
-        pixel_mean=list(spec.pixel_mean),
-        pixel_std=list(spec.pixel_std),
-    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +25,7 @@ def fp32_features(tmp_path_factory, small_store):
 
 
 def test_neck_equals_sam_predictor_set_image(small_store, fp32_features):
-    predictor = SamPredictor(_sam_around(build_encoder("vit_tiny", seed=0)))
+    predictor = SamPredictor(sam_around(build_encoder("vit_tiny", seed=0), "vit_tiny"))
     for i in (0, 9, 59):
         predictor.set_image(np.asarray(small_store.images[i]))
         expected = predictor.features[0].numpy()
@@ -73,7 +48,7 @@ def test_neck_equals_sam_predictor_on_non_square_images(tmp_path, shape):
     )
     fset = feature_set_from_config(tiny_feature_config(dtype="float32", taps=["neck"]), "ns")
     fs = extract_features(store.path, tmp_path / "f.zarr", fset, batch_size=2, progress=False)
-    predictor = SamPredictor(_sam_around(build_encoder("vit_tiny", seed=0)))
+    predictor = SamPredictor(sam_around(build_encoder("vit_tiny", seed=0), "vit_tiny"))
     for i in range(3):
         predictor.set_image(images[i])
         expected = predictor.features[0].numpy()
@@ -84,7 +59,7 @@ def test_neck_equals_sam_predictor_on_non_square_images(tmp_path, shape):
 
 def test_taps_equal_the_blocks_run_by_hand(small_store, fp32_features):
     enc = build_encoder("vit_tiny", seed=0)
-    sam = _sam_around(enc)
+    sam = sam_around(enc, "vit_tiny")
     predictor = SamPredictor(sam)
     img = np.asarray(small_store.images[5])
     x = predictor.transform.apply_image(img)

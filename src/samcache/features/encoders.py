@@ -76,6 +76,35 @@ def build_encoder(
     return encoder
 
 
+def sam_around(encoder: torch.nn.Module, name: str):
+    """A full SAM (prompt encoder and mask decoder around ``encoder``), for SamPredictor and
+    SamAutomaticMaskGenerator. The sizes are ``segment_anything.build_sam``'s, scaled by the
+    encoder's output width (256 for the official encoders, where they equal build_sam's), so an
+    official checkpoint loads into it. New modules draw from torch's global generator."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    spec = encoder_spec(name)
+    dim = spec.out_chans
+    return Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(spec.grid, spec.grid),
+            input_image_size=(spec.img_size, spec.img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=8 * dim, num_heads=8),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=dim,
+        ),
+        pixel_mean=list(spec.pixel_mean),
+        pixel_std=list(spec.pixel_std),
+    ).eval()
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -88,34 +88,12 @@ def build_sam(params: SamPriorParams, checkpoint: str | Path | None = None):
     encoder and decoder are drawn from ``seed + 1``.
     """
     import torch
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    from samcache.features.encoders import build_encoder
+    from samcache.features.encoders import build_encoder, sam_around
 
-    spec = encoder_spec(params.encoder)
-    dim = spec.out_chans
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed + 1)
-        sam = Sam(
-            image_encoder=build_encoder(spec.name, seed=params.seed),
-            prompt_encoder=PromptEncoder(
-                embed_dim=dim,
-                image_embedding_size=(spec.grid, spec.grid),
-                input_image_size=(spec.img_size, spec.img_size),
-                mask_in_chans=16,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
-                    depth=2, embedding_dim=dim, mlp_dim=8 * dim, num_heads=8
-                ),
-                transformer_dim=dim,
-                iou_head_depth=3,
-                iou_head_hidden_dim=dim,
-            ),
-            pixel_mean=list(spec.pixel_mean),
-            pixel_std=list(spec.pixel_std),
-        )
+        sam = sam_around(build_encoder(params.encoder, seed=params.seed), params.encoder)
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
