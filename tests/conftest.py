@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic dataset store and a vit_tiny feature cache built from it."""
+"""Shared fixtures: a small synthetic dataset store and a vit_tiny feature cache built from it;
+for the head tests, one torch thread and the input shapes of a batch."""
 
 from __future__ import annotations
 
@@ -33,3 +34,24 @@ def small_features(tmp_path_factory, small_store):
     fset = feature_set_from_config(tiny_feature_config(), "small:test")
     out = tmp_path_factory.mktemp("features") / "features.zarr"
     return extract_features(small_store.path, out, fset, batch_size=8, device="cpu", progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as training runs use (train.threads): tiny models only lose time to
+    thread hand-offs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shapes_of(batch: dict) -> dict:
+    """``input_shapes`` of a head: each input's shape without the batch axis, taps by name."""
+    return {
+        k: ({t: tuple(x.shape[1:]) for t, x in v.items()} if k == "taps" else tuple(v.shape[1:]))
+        for k, v in batch.items()
+        if k != "label"
+    }

@@ -17,6 +17,10 @@ from samcache.heads.samaug import samaug_c_image
 from samcache.heads.slca import SLCA, Projector, StageFusion
 from samcache.inputs import IMAGENET_MEAN, IMAGENET_STD
 
+from conftest import shapes_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B, SIDE, N_OUT = 4, 32, 3
 TAP_SHAPES = {
     "patch_embed": (16, 8, 8),
@@ -49,29 +53,12 @@ def fake_batch(requires: frozenset[str], gen: torch.Generator) -> dict:
     return {k: v for k, v in batch.items() if k in requires or k == "label"}
 
 
-def shapes_of(batch: dict) -> dict:
-    return {
-        k: ({t: tuple(x.shape[1:]) for t, x in v.items()} if k == "taps" else tuple(v.shape[1:]))
-        for k, v in batch.items()
-        if k != "label"
-    }
-
-
 def tiny_args(cls) -> dict:
     """Small settings for heads that build a backbone: timm's test ResNet, 1/16 of VGG-16."""
     if issubclass(cls, VGGHead):
         return {"width": 1 / 16}
     params = inspect.signature(cls.from_shapes).parameters
     return {"backbone": "test_resnet"} if "backbone" in params else {}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs use one torch thread (train.threads); so do these tests, for the same speed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -15,17 +15,12 @@ from torchvision.ops import sigmoid_focal_loss
 from samcache.heads import HEADS, build_head
 from samcache.heads.attnmel import VGGHead
 
+from conftest import shapes_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B, S, G = 4, 32, 4
 TAPS = {"block:2": 12, "block:4": 12, "neck": 8}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as training runs use: tiny models only lose time to thread hand-offs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def example_batch(requires: frozenset[str], seed: int = 0) -> dict:
@@ -41,14 +36,6 @@ def example_batch(requires: frozenset[str], seed: int = 0) -> dict:
     batch = {k: make[k]() for k in sorted(requires)}
     batch["label"] = torch.tensor([0, 1] * (B // 2))
     return batch
-
-
-def shapes_of(batch: dict) -> dict:
-    return {
-        k: ({t: tuple(x.shape[1:]) for t, x in v.items()} if k == "taps" else tuple(v.shape[1:]))
-        for k, v in batch.items()
-        if k != "label"
-    }
 
 
 def small_args(name: str) -> dict:
