@@ -341,11 +341,6 @@ def write_table(
     return summary
 
 
-def cells_filled(summary: pd.DataFrame) -> bool:
-    """True when every mean cell of a summary is a finite number."""
-    return bool(np.isfinite(summary.xs("mean", axis=1, level="stat").to_numpy(dtype=float)).all())
-
-
 def plot_table(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
     """One panel per (block, metric). Several fractions: the metric against the training
     fraction, a line per method. One fraction (ablation tables): a horizontal bar per method."""
