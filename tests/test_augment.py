@@ -5,6 +5,7 @@ import torch
 
 from samcache.augment import AugmentSpec, augment, random_affine, warp
 from samcache.inputs import RunInputs, batches, class_balanced_order
+from samcache.resident import ResidentCache
 
 
 def test_flip_only_is_an_exact_flip():
@@ -115,7 +116,7 @@ def test_run_inputs_give_images_and_masks_at_the_head_size(small_store):
         items[:10],
         labels=small_store.labels("melanoma"),
         image_size=32,
-        max_memory_gb=0,
+        cache=ResidentCache(memory_gb=0),
     )
     assert lazy.lazy
     lb = lazy.batch(items[3:9])
@@ -129,7 +130,12 @@ def test_lazy_and_in_memory_taps_agree(small_store, small_features):
     kw = dict(labels=small_store.labels("grade"), features=small_features, taps=["block:1", "neck"])
     eager = RunInputs(small_store, frozenset({"taps", "pooled"}), items, items[:2], **kw)
     lazy = RunInputs(
-        small_store, frozenset({"taps", "pooled"}), items, items[:2], max_memory_gb=0, **kw
+        small_store,
+        frozenset({"taps", "pooled"}),
+        items,
+        items[:2],
+        cache=ResidentCache(memory_gb=0),
+        **kw,
     )
     a, b = eager.batch(items[::-1]), lazy.batch(items[::-1])
     for t in ("block:1", "neck"):

@@ -68,9 +68,7 @@ def test_localisation_metrics_over_a_store_split(small_store):
         items,
         labels=small_store.labels("melanoma"),
     )
-    res = localisation_metrics(
-        _ToyForward(), inputs, items, small_store, task_type="binary", batch_size=5
-    )
+    res = localisation_metrics(_ToyForward(), inputs, items, task_type="binary", batch_size=5)
     images = np.stack(
         [inputs.batch(items[i : i + 1])["image"][0].mean(0).numpy() for i in range(len(items))]
     )

@@ -88,7 +88,8 @@ def test_a_table_target_schedules_only_the_jobs_it_needs(tmp_path):
     res = snakemake(tmp_path, "--dry-run", "results/tables/demo_table1.md")
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
-    assert counts == {"dataset": 1, "features": 1, "train": 36, "table": 1}
+    # 36 runs, trained by 3 processes of 12 runs (sweep.runs_per_job: 16, in equal batches)
+    assert counts == {"dataset": 1, "features": 1, "train": 36, "train_batch": 3, "table": 1}
 
 
 def test_a_paper_store_plans_one_download_per_missing_file(tmp_path):
@@ -242,7 +243,13 @@ def test_demo_dag_end_to_end(tmp_path):
 def test_seed001_tables_schedule_their_runs_and_image_heads_need_no_feature_cache(tmp_path):
     res = snakemake(tmp_path, "--dry-run", "results/tables/demo_seed001_table3.md")
     assert res.returncode == 0, res.stderr
-    assert job_counts(res.stdout) == {"dataset": 1, "features": 1, "train": 12, "table": 1}
+    assert job_counts(res.stdout) == {
+        "dataset": 1,
+        "features": 1,
+        "train": 12,
+        "train_batch": 2,
+        "table": 1,
+    }
     overlay = tmp_path / "vgg_only.yaml"
     overlay.write_text(
         "tables:\n  vgg_only:\n    blocks: [{dataset: demo, task: melanoma}]\n"
@@ -250,5 +257,7 @@ def test_seed001_tables_schedule_their_runs_and_image_heads_need_no_feature_cach
     )
     res = snakemake(tmp_path, "--dry-run", "results/tables/vgg_only.md", config=(DEMO, overlay))
     assert res.returncode == 0, res.stderr
-    assert job_counts(res.stdout) == {"dataset": 1, "train": 1, "table": 1}
-    assert "--features" not in res.stdout.split("rule train")[1].split("rule table")[0]
+    assert job_counts(res.stdout) == {"dataset": 1, "train": 1, "train_batch": 1, "table": 1}
+    train_cmd = re.search(r"python -m samcache train --dataset .*", res.stdout).group(0)
+    batch_cmd = re.search(r"python -m samcache train-batch .*", res.stdout).group(0)
+    assert "--features" not in train_cmd and '"features": null' in batch_cmd

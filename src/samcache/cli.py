@@ -164,6 +164,9 @@ def cmd_sam_prior(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    spec = load_spec(a.spec)
+    if a.staged and _place_staged_record(a, spec):
+        return
     from samcache.train import train_run
 
     rec = train_run(
@@ -171,7 +174,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         features=a.features,
         task=a.task,
         method_name=a.method_name,
-        method=load_spec(a.spec),
+        method=spec,
         fraction=a.fraction,
         seed=a.seed,
         out=a.out,
@@ -191,6 +194,38 @@ def cmd_train(a: argparse.Namespace) -> None:
         rec["best_epoch"],
         rec["wall_time_s"],
     )
+
+
+def _place_staged_record(a: argparse.Namespace, spec: dict[str, Any]) -> bool:
+    """Put the record that this run's batch staged in place (no torch import); False if none."""
+    from samcache.sweep import place_staged
+
+    expect = {
+        "task": a.task,
+        "method": a.method_name,
+        "fraction": float(a.fraction),
+        "seed": int(a.seed),
+        "samcache_version": __version__,
+        "cache_key": a.expect_key if a.features else None,
+    }
+    if place_staged(a.out, expect, spec, log_to=sys.stdout):
+        log.info("record trained by its batch, now in place: %s", a.out)
+        return True
+    log.warning("%s: no record staged by its batch; training the run in this process", a.out)
+    return False
+
+
+def cmd_train_batch(a: argparse.Namespace) -> None:
+    from samcache.batch import BatchFailed, run_batch
+
+    plan = load_spec(a.plan)
+    failed = run_batch(plan, report=a.report, memory_gb=a.memory_gb, gpu_memory_gb=a.gpu_memory_gb)
+    if failed:
+        raise BatchFailed(
+            f"{len(failed)} of {len(plan['runs'])} runs failed (tracebacks above): "
+            + ", ".join(failed)
+            + ". The others are staged; a rerun trains only the failed ones."
+        )
 
 
 def cmd_table(a: argparse.Namespace) -> None:
@@ -330,7 +365,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--expect-key", help="fail unless the feature store has this cache key")
     s.add_argument("--out", required=True)
+    s.add_argument(
+        "--staged",
+        action="store_true",
+        help="move the record this run's batch staged (<out dir>/.staged/) into place if it "
+        "matches; train the run only if there is none",
+    )
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "train-batch", help="train many runs in one process on resident inputs, staging records"
+    )
+    s.add_argument("--plan", required=True, help="the batch plan (JSON or @file)")
+    s.add_argument("--report", help="write a JSON report here when every run succeeded")
+    s.add_argument(
+        "--memory-gb",
+        type=float,
+        default=8.0,
+        help="host memory for resident inputs; above it inputs stream from Zarr (8)",
+    )
+    s.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        default=None,
+        help="GPU memory for resident inputs when training on CUDA (default: half of free)",
+    )
+    s.set_defaults(func=cmd_train_batch)
 
     s = sub.add_parser("table", help="aggregate run records into a paper-shaped table")
     s.add_argument("--spec", required=True)
@@ -356,12 +416,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from samcache.archives import UnsafeArchiveError
+    from samcache.batch import BatchFailed
     from samcache.download import DownloadError
     from samcache.zarrio import StoreError
 
     try:
         args.func(args)
     except (
+        BatchFailed,
         StoreError,
         DownloadError,
         UnsafeArchiveError,

@@ -1,9 +1,10 @@
 """The inputs of a run: what a head ``requires``, read from the stores for the run's items.
 
-Everything a run touches (the training subsample, validation and test items) is loaded once:
-tapped maps stay float16 as cached, images and masks uint8 at the head's input size. When that
-would exceed ``max_memory_gb`` the large arrays are instead read from Zarr batch by batch
-(``lazy``), which costs I/O per epoch but keeps a run within a node's memory.
+Each input array is prepared once per process (``samcache.resident``): tapped maps stay float16
+as cached, images and masks are uint8 at the head's input size, pooled taps float32. The run
+takes the rows of its items from those resident blocks; a block that does not fit the process's
+memory budget is instead read from Zarr batch by batch (``streamed``), with the next batch read
+in a background thread while the current one trains. Both paths give the same values.
 
 Batch tensors: ``pooled`` (B, D) float32, standardised with the training subsample's statistics;
 ``taps`` {name: (B, C, g, g) float32}; ``image`` (B, 3, S, S) float32 normalised with the
@@ -14,7 +15,9 @@ ImageNet mean and std (timm backbones' convention); ``lesion_mask`` (B, 1, S, S)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 
 from samcache.data.store import DatasetStore
 from samcache.features.store import FeatureStore, read_items
+from samcache.resident import Resident, ResidentCache
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -56,6 +60,27 @@ def _resize_float16(x: np.ndarray, size: int | None) -> np.ndarray:
     return t.to(torch.float16).numpy()
 
 
+def _resize_labels(x: np.ndarray, size: int | None) -> np.ndarray:
+    """(N, H, W) integer label maps resized by nearest neighbour, as int64."""
+    if size is None or x.shape[-2:] == (size, size):
+        return x.astype(np.int64)
+    t = torch.from_numpy(x[:, None]).float()
+    return F.interpolate(t, size=(size, size), mode="nearest-exact").long().numpy()[:, 0]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One prepared input array: its identity, how to read rows, and the bytes of one row."""
+
+    key: tuple
+    load: Callable[[np.ndarray], np.ndarray]
+    row_bytes: int
+
+
+def _row_bytes(shape: Sequence[int], itemsize: int) -> int:
+    return int(np.prod(shape)) * itemsize
+
+
 class RunInputs:
     def __init__(
         self,
@@ -70,7 +95,7 @@ class RunInputs:
         superpixels: Path | str | None = None,
         sam_prior: Path | str | None = None,
         image_size: int | None = None,
-        max_memory_gb: float = 4.0,
+        cache: ResidentCache | None = None,
     ) -> None:
         self.requires = requires
         self.items = np.asarray(items)
@@ -79,34 +104,58 @@ class RunInputs:
         self.taps = list(taps)
         self.image_size = image_size
         self.ds, self.fs = ds, features
+        self.cache = cache if cache is not None else ResidentCache()
         if ({"taps", "pooled"} & requires) and features is None:
             raise ValueError("this head reads cached features but the run has no feature store")
-        self.lazy = self._estimate_bytes(superpixels) > max_memory_gb * 2**30
-        self.data: dict[str, object] = {}
-        if "pooled" in requires:
-            pooled = np.concatenate(
-                [
-                    read_items(features.array(t), self.items).astype(np.float32).mean(axis=(2, 3))
-                    for t in self.taps
-                ],
-                axis=1,
-            )
-            tr = pooled[[self.row[int(i)] for i in train_items]]
-            self.data["pooled"] = torch.from_numpy((pooled - tr.mean(0)) / (tr.std(0) + 1e-6))
+        self.resident: dict[str, Resident] = {}
+        self.streamed: dict[str, Source] = {}
+        self.pooled: torch.Tensor | None = None
+        try:
+            self._open(requires, train_items, superpixels, sam_prior)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- sources ------------------------------------------------------------------------------
+
+    def _open(self, requires, train_items, superpixels, sam_prior) -> None:
+        ds, fs, size = self.ds, self.fs, self.image_size
+        side = size or ds.image_shape[0]
+        sources: dict[str, Source] = {}
         if "taps" in requires:
-            self.data["taps"] = {
-                t: (features.array(t) if self.lazy else read_items(features.array(t), self.items))
-                for t in self.taps
-            }
-        sources = {
-            "image": lambda: ds.images,
-            "lesion_mask": lambda: ds.group["masks/lesion"],
-            "attributes": lambda: ds.group["masks/attributes"],
-        }
-        for key, get in sources.items():
-            if key in requires:
-                self._need(key)
-                self.data[key] = get() if self.lazy else self._prepare(key, get(), self.items)
+            for t in self.taps:
+                arr = fs.array(t)
+                sources[f"taps/{t}"] = Source(
+                    ("tap", str(fs.path), fs.key, t),
+                    lambda idx, arr=arr: read_items(arr, idx),
+                    _row_bytes(arr.shape[1:], arr.dtype.itemsize),
+                )
+        if "image" in requires:
+            sources["image"] = Source(
+                ("image", str(ds.path), ds.fingerprint, size),
+                lambda idx: _resize_uint8(
+                    np.ascontiguousarray(read_items(ds.images, idx).transpose(0, 3, 1, 2)),
+                    size,
+                    "bilinear",
+                ),
+                3 * side * side,
+            )
+        if "lesion_mask" in requires:
+            self._need("lesion_mask")
+            arr = ds.group["masks/lesion"]
+            sources["lesion_mask"] = Source(
+                ("lesion_mask", str(ds.path), ds.fingerprint, size),
+                lambda idx, arr=arr: _resize_uint8(read_items(arr, idx)[:, None], size, "nearest"),
+                side * side,
+            )
+        if "attributes" in requires:
+            self._need("attributes")
+            arr = ds.group["masks/attributes"]
+            sources["attributes"] = Source(
+                ("attributes", str(ds.path), ds.fingerprint, size),
+                lambda idx, arr=arr: _resize_uint8(read_items(arr, idx), size, "nearest"),
+                arr.shape[1] * side * side,
+            )
         if "superpixels" in requires:
             if superpixels is None:
                 raise ValueError(
@@ -115,8 +164,10 @@ class RunInputs:
             from samcache.features.superpixels import open_superpixels
 
             arr = open_superpixels(superpixels)
-            self.data["superpixels"] = (
-                arr if self.lazy else self._prepare("superpixels", arr, self.items)
+            sources["superpixels"] = Source(
+                ("superpixels", str(superpixels), size),
+                lambda idx, arr=arr: _resize_labels(read_items(arr, idx), size),
+                side * side * 8,
             )
         if "sam_prior" in requires:
             if sam_prior is None:
@@ -126,9 +177,39 @@ class RunInputs:
             from samcache.features.sam_prior import open_sam_priors
 
             arr = open_sam_priors(sam_prior)
-            self.data["sam_prior"] = (
-                arr if self.lazy else self._prepare("sam_prior", arr, self.items)
+            sources["sam_prior"] = Source(
+                ("sam_prior", str(sam_prior), size),
+                lambda idx, arr=arr: _resize_float16(read_items(arr, idx)[:, None], size),
+                side * side * 2,
             )
+        for name, src in sources.items():
+            block = self.cache.get(src.key, self.ds.n_items, self.items, src.load, src.row_bytes)
+            if block is None:
+                self.streamed[name] = src
+            else:
+                self.resident[name] = block
+        if "pooled" in requires:
+            self.pooled = self._pooled(train_items)
+
+    def _pooled(self, train_items: np.ndarray) -> torch.Tensor:
+        """Each tap averaged over space, concatenated, standardised on the training subsample."""
+        parts = []
+        for t in self.taps:
+            arr = self.fs.array(t)
+            src = Source(
+                ("pooled", str(self.fs.path), self.fs.key, t),
+                lambda idx, arr=arr: read_items(arr, idx).astype(np.float32).mean(axis=(2, 3)),
+                arr.shape[1] * 4,
+            )
+            block = self.cache.get(src.key, self.ds.n_items, self.items, src.load, src.row_bytes)
+            if block is None:
+                parts.append(src.load(self.items))
+            else:
+                parts.append(block.take(self.items).cpu().numpy())
+                self.cache.release(block)
+        pooled = np.concatenate(parts, axis=1)
+        tr = pooled[[self.row[int(i)] for i in train_items]]
+        return torch.from_numpy((pooled - tr.mean(0)) / (tr.std(0) + 1e-6))
 
     def _need(self, key: str) -> None:
         if key == "lesion_mask" and not self.ds.has_lesion_mask:
@@ -138,45 +219,24 @@ class RunInputs:
                 f"{self.ds.path}: this head needs attribute masks and the store has none"
             )
 
-    def _estimate_bytes(self, superpixels: Path | str | None) -> int:
-        n = len(self.items)
-        h, w = self.ds.image_shape
-        side = self.image_size or h
-        total = 0
-        if "taps" in self.requires:
-            for t in self.taps:
-                total += n * int(np.prod(self.fs.array(t).shape[1:])) * 2
-        if "image" in self.requires:
-            total += n * 3 * side * side
-        if "attributes" in self.requires:
-            total += n * len(self.ds.attribute_names) * side * side
-        if "sam_prior" in self.requires:
-            total += n * side * side * 2
-        return total
+    @property
+    def lazy(self) -> bool:
+        """Whether any input is streamed from Zarr per batch instead of held resident."""
+        return bool(self.streamed)
 
-    def _prepare(self, key: str, arr, items: np.ndarray) -> np.ndarray:
-        """Rows ``items`` of a store array, channels first, at the head's input size."""
-        x = read_items(arr, items)
-        if key == "sam_prior":
-            return _resize_float16(x[:, None], self.image_size)
-        if key == "image":
-            x = x.transpose(0, 3, 1, 2)
-        elif key in ("lesion_mask", "superpixels"):
-            x = x[:, None]
-        if key == "superpixels":
-            size = self.image_size
-            if size is not None and x.shape[-2:] != (size, size):
-                x = (
-                    F.interpolate(
-                        torch.from_numpy(x).float(), size=(size, size), mode="nearest-exact"
-                    )
-                    .long()
-                    .numpy()
-                )
-            return x[:, 0]
-        return _resize_uint8(
-            np.ascontiguousarray(x), self.image_size, "bilinear" if key == "image" else "nearest"
-        )
+    def close(self) -> None:
+        """Let the process's cache evict this run's blocks again."""
+        for block in self.resident.values():
+            self.cache.release(block)
+        self.resident = {}
+
+    def __enter__(self) -> RunInputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- batches ------------------------------------------------------------------------------
 
     def input_shapes(self) -> dict[str, object]:
         b = self.batch(self.items[:1])
@@ -190,41 +250,48 @@ class RunInputs:
             if k != "label"
         }
 
+    def _rows_of(self, name: str, items: np.ndarray) -> torch.Tensor:
+        if name in self.resident:
+            return self.resident[name].take(items)
+        return torch.from_numpy(np.ascontiguousarray(self.streamed[name].load(items)))
+
     def batch(self, items: np.ndarray) -> dict[str, object]:
+        items = np.asarray(items)
         rows = np.array([self.row[int(i)] for i in items])
         out: dict[str, object] = {"label": self.labels[rows]}
-        for key, value in self.data.items():
-            if key == "pooled":
-                out[key] = value[rows]
-            elif key == "taps":
-                out[key] = {
-                    t: torch.from_numpy(self._rows(v, rows, items)).float()
-                    for t, v in value.items()
-                }
-            else:
-                x = (
-                    self._prepare(key, value, np.asarray(items))
-                    if self.lazy and key != "pooled"
-                    else value[rows]
-                )
-                out[key] = self._to_tensor(key, x)
+        if self.pooled is not None:
+            out["pooled"] = self.pooled[rows]
+        if "taps" in self.requires:
+            out["taps"] = {t: self._rows_of(f"taps/{t}", items).float() for t in self.taps}
+        for key in ("image", "lesion_mask", "attributes", "superpixels", "sam_prior"):
+            if key in self.resident or key in self.streamed:
+                out[key] = self._to_tensor(key, self._rows_of(key, items))
         return out
 
-    def _rows(self, v, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        if not self.lazy:
-            return v[rows]
-        return read_items(v, np.asarray(items))  # integer-array selection is 30x slower
-
     @staticmethod
-    def _to_tensor(key: str, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x))
+    def _to_tensor(key: str, t: torch.Tensor) -> torch.Tensor:
         if key == "image":
-            return (t.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+            mean, std = IMAGENET_MEAN.to(t.device), IMAGENET_STD.to(t.device)
+            return (t.float() / 255.0 - mean) / std
         if key == "superpixels":
             return t.long()
-        if key == "lesion_mask":
-            return t.float()[:, :1] if t.ndim == 4 else t.float()
         return t.float()
+
+    def lesion_masks(self, items: np.ndarray) -> np.ndarray:
+        """Lesion masks of ``items`` at the stored size, as a boolean (N, H, W) array."""
+        arr = self.ds.group["masks/lesion"]
+        src = Source(
+            ("lesion_mask_stored", str(self.ds.path), self.ds.fingerprint),
+            lambda idx: read_items(arr, idx) > 0,
+            _row_bytes(arr.shape[1:], 1),
+        )
+        block = self.cache.get(src.key, self.ds.n_items, items, src.load, src.row_bytes)
+        if block is None:
+            return src.load(np.asarray(items))
+        try:
+            return block.take(items).cpu().numpy()
+        finally:
+            self.cache.release(block)
 
 
 def class_balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -252,8 +319,12 @@ def batches(
     *,
     generator: torch.Generator | None = None,
     oversample: bool = False,
-):
-    """Batches over ``items``: in order, shuffled, or class-balanced by oversampling."""
+) -> Iterator[dict[str, object]]:
+    """Batches over ``items``: in order, shuffled, or class-balanced by oversampling.
+
+    When an input is streamed, the next batch is read in a background thread while the caller
+    trains on the current one (the order is drawn up front, so prefetching changes no value).
+    """
     items = np.asarray(items)
     if generator is None:
         order = torch.arange(len(items))
@@ -262,5 +333,14 @@ def batches(
         order = class_balanced_order(inputs.labels[rows], generator)
     else:
         order = torch.randperm(len(items), generator=generator)
-    for start in range(0, len(order), batch_size):
-        yield inputs.batch(items[order[start : start + batch_size].numpy()])
+    chunks = [items[order[s : s + batch_size].numpy()] for s in range(0, len(order), batch_size)]
+    if not inputs.streamed:
+        for chunk in chunks:
+            yield inputs.batch(chunk)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = pool.submit(inputs.batch, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            batch = pending.result()
+            pending = pool.submit(inputs.batch, chunks[k + 1]) if k + 1 < len(chunks) else None
+            yield batch

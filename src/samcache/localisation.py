@@ -24,8 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samcache.data.store import DatasetStore
-from samcache.features.store import read_items
 from samcache.inputs import RunInputs
 
 
@@ -72,33 +70,30 @@ def named_maps(outputs: Mapping[str, Any], task_type: str) -> dict[str, torch.Te
     return maps
 
 
-def read_masks(ds: DatasetStore, items: np.ndarray) -> np.ndarray:
-    """Lesion masks of ``items`` (in that order) as a boolean (N, H, W) array."""
-    return read_items(ds.group["masks/lesion"], items) > 0
-
-
 @torch.inference_mode()
 def localisation_metrics(
     forward: Callable[[Mapping[str, Any]], Mapping[str, Any]],
     inputs: RunInputs,
     items: np.ndarray,
-    ds: DatasetStore,
     *,
     task_type: str,
     batch_size: int,
     frame: str = "image",
 ) -> dict[str, float]:
     """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks."""
-    if not ds.has_lesion_mask or len(items) == 0:
+    if not inputs.ds.has_lesion_mask or len(items) == 0:
         return {}
     items = np.asarray(items)
     totals: dict[str, float] = {}
+    all_masks = None
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         maps = named_maps(forward(inputs.batch(chunk)), task_type)
         if not maps:
             return {}
-        masks = read_masks(ds, chunk)
+        if all_masks is None:
+            all_masks = inputs.lesion_masks(items)
+        masks = all_masks[start : start + batch_size]
         for name, m in maps.items():
             pred = binarise(maps_to_mask_frame(m.cpu(), masks.shape[1:], frame).numpy())
             totals[name] = totals.get(name, 0.0) + float(jaccard_per_image(pred, masks).sum())

@@ -14,9 +14,7 @@ fixed by the configuration.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import platform
 import socket
 import time
@@ -40,9 +38,12 @@ from samcache.heads import Head, build_head, head_class
 from samcache.inputs import RunInputs, batches
 from samcache.localisation import localisation_metrics
 from samcache.metrics import compute_metrics
+from samcache.resident import ResidentCache
+from samcache.sweep import RECORD_SCHEMA, write_json_atomic
 
 log = logging.getLogger(__name__)
-RECORD_SCHEMA = 1
+
+__all__ = ["RECORD_SCHEMA", "TrainSettings", "make_optimizer", "train_run", "write_json_atomic"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,6 @@ class TrainSettings:
     select_metric: str = "auc"
     augment: bool | dict = True  # flips and crops, applied to every spatial input alike
     oversample: bool = False  # minority classes drawn as often as the majority (seed 001)
-    max_memory_gb: float = 4.0  # above this a run reads its inputs from Zarr per batch
     optimizer: str = "adamw"  # or "sgd": seed 001's SGD with (Nesterov) momentum
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
@@ -121,72 +121,33 @@ def evaluate(
     return compute_metrics(y, p, task.type)
 
 
-def train_run(
-    *,
-    dataset: str | Path,
-    features: str | Path | None,
-    task: str,
-    method_name: str,
-    method: Mapping[str, Any],
-    fraction: float,
+def fit(
+    head: Head,
+    inputs: RunInputs,
+    splits: Mapping[str, np.ndarray],
+    info: TaskInfo,
+    settings: TrainSettings,
+    device: torch.device,
     seed: int,
-    out: str | Path,
-    expect_cache_key: str | None = None,
-    superpixels: str | Path | None = None,
-    sam_prior: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train and evaluate one run, write its record to ``out`` and return it."""
-    t0 = time.perf_counter()
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    settings = TrainSettings(**dict(method.get("train", {})))
-    seed_everything(seed, settings.threads)
-    device = resolve_device(settings.device)
+) -> tuple[list[dict[str, float]], int]:
+    """Train ``head``, validating after every epoch; leaves it at its best epoch's weights.
 
-    ds = DatasetStore(dataset)
-    info = ds.task(task)
-    fs = (
-        FeatureStore(features, expect_key=expect_cache_key, expect_dataset=ds.fingerprint)
-        if features is not None
-        else None
-    )
-    taps = list(method.get("taps") or (fs.taps if fs is not None else []))
-    train_all = ds.indices("train")
-    labels = ds.labels(task)
-    # Classification tasks stratify on their labels, segmentation tasks on mask presence.
-    subset = fraction_subsample(train_all, ds.stratify_on(task)[train_all], fraction, seed)
-    splits = {"train": subset, "val": ds.indices("val"), "test": ds.indices("test")}
-
-    cls = head_class(method["head"])
-    inputs = RunInputs(
-        ds,
-        cls.requires,
-        np.concatenate(list(splits.values())),
-        subset,
-        labels=labels,
-        features=fs,
-        taps=taps,
-        superpixels=superpixels,
-        sam_prior=sam_prior,
-        image_size=method.get("image_size"),
-        max_memory_gb=settings.max_memory_gb,
-    )
-    head = build_head(
-        method["head"],
-        n_outputs=info.n_outputs,
-        input_shapes=inputs.input_shapes(),
-        **dict(method.get("head_args", {})),
-    ).to(device)
+    Returns the per-epoch history and the best epoch (by ``select_metric``, earliest on ties).
+    """
     trainable = [p for p in head.parameters() if p.requires_grad]
     opt, sched = make_optimizer(trainable, settings)
     gen = torch.Generator().manual_seed(seed)
     aug = AugmentSpec.from_config(settings.augment)
-
     history, best, best_state, best_epoch = [], -np.inf, None, -1
     for epoch in range(1, settings.epochs + 1):
         head.train()
         losses = []
         for batch in batches(
-            inputs, subset, settings.batch_size, generator=gen, oversample=settings.oversample
+            inputs,
+            splits["train"],
+            settings.batch_size,
+            generator=gen,
+            oversample=settings.oversample,
         ):
             if aug is not None:
                 batch = augment(batch, aug, gen)
@@ -211,17 +172,80 @@ def train_run(
             best, best_epoch, best_state = score, epoch, copy.deepcopy(head.state_dict())
     if best_state is not None:
         head.load_state_dict(best_state)
-    test = evaluate(head, inputs, splits["test"], info, device, settings.batch_size)
-    test |= localisation_metrics(  # seed 001's Table 3; {} for heads without attention maps
-        lambda b: head(to_device(b, device)),
-        inputs,
-        splits["test"],
-        ds,
-        task_type=info.type,
-        batch_size=settings.batch_size,
-        frame=getattr(head, "attention_frame", "image"),
+    return history, best_epoch
+
+
+def train_run(
+    *,
+    dataset: str | Path,
+    features: str | Path | None,
+    task: str,
+    method_name: str,
+    method: Mapping[str, Any],
+    fraction: float,
+    seed: int,
+    out: str | Path,
+    expect_cache_key: str | None = None,
+    superpixels: str | Path | None = None,
+    sam_prior: str | Path | None = None,
+    cache: ResidentCache | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one run, write its record to ``out`` and return it.
+
+    ``cache`` holds the inputs that runs of this process share (a new one per run when
+    omitted): whether a run finds its inputs resident or reads them itself changes no value.
+    """
+    t0 = time.perf_counter()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    settings = TrainSettings(**dict(method.get("train", {})))
+    seed_everything(seed, settings.threads)
+    device = resolve_device(settings.device)
+
+    ds = DatasetStore(dataset)
+    info = ds.task(task)
+    fs = (
+        FeatureStore(features, expect_key=expect_cache_key, expect_dataset=ds.fingerprint)
+        if features is not None
+        else None
     )
-    val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
+    taps = list(method.get("taps") or (fs.taps if fs is not None else []))
+    train_all = ds.indices("train")
+    labels = ds.labels(task)
+    # Classification tasks stratify on their labels, segmentation tasks on mask presence.
+    subset = fraction_subsample(train_all, ds.stratify_on(task)[train_all], fraction, seed)
+    splits = {"train": subset, "val": ds.indices("val"), "test": ds.indices("test")}
+
+    cls = head_class(method["head"])
+    with RunInputs(
+        ds,
+        cls.requires,
+        np.concatenate(list(splits.values())),
+        subset,
+        labels=labels,
+        features=fs,
+        taps=taps,
+        superpixels=superpixels,
+        sam_prior=sam_prior,
+        image_size=method.get("image_size"),
+        cache=cache,
+    ) as inputs:
+        head = build_head(
+            method["head"],
+            n_outputs=info.n_outputs,
+            input_shapes=inputs.input_shapes(),
+            **dict(method.get("head_args", {})),
+        ).to(device)
+        history, best_epoch = fit(head, inputs, splits, info, settings, device, seed)
+        test = evaluate(head, inputs, splits["test"], info, device, settings.batch_size)
+        test |= localisation_metrics(  # seed 001's Table 3; {} for heads without attention maps
+            lambda b: head(to_device(b, device)),
+            inputs,
+            splits["test"],
+            task_type=info.type,
+            batch_size=settings.batch_size,
+            frame=getattr(head, "attention_frame", "image"),
+        )
+        val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
 
     record = {
         "schema": RECORD_SCHEMA,
@@ -260,11 +284,3 @@ def train_run(
     }
     write_json_atomic(out, record)
     return record
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)

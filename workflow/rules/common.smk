@@ -27,6 +27,7 @@ from samcache.features.specs import (  # noqa: E402
     feature_set_from_config,
     superpixel_key,
 )
+from samcache.sweep import RunRef, plan_batches  # noqa: E402
 
 try:
     validate(config, "../schemas/config.schema.yaml")
@@ -45,6 +46,7 @@ wildcard_constraints:
     fraction=r"\d+(\.\d+)?",
     seed=r"\d+",
     table="[a-z][a-z0-9_]*",
+    batch="[a-z][a-z0-9_]*/[0-9a-f]{12}",
 
 
 def cfg_error(msg):
@@ -184,9 +186,19 @@ def method_spec(name, dataset=None):
     return m
 
 
-def train_gpus(method, dataset):
-    """1 when the method's runs train on a CUDA device (they then hold the `gpu` resource)."""
-    return int(method_spec(method, dataset)["train"]["device"].startswith("cuda"))
+def train_on_cuda(method, dataset):
+    return method_spec(method, dataset)["train"]["device"].startswith("cuda")
+
+
+def gpu_slots():
+    """The `gpu_slot` cap of this invocation (the profile's `resources`), 1 when there is none.
+
+    Training on CUDA holds one slot, so several light runs can share a card; an encoder job
+    holds them all, so it never shares the card with training.
+    """
+    cap = workflow.global_resources.get("gpu_slot")
+    value = getattr(cap, "value", cap)
+    return int(value) if isinstance(value, int) and value > 0 else 1
 
 
 def method_caches(dataset, method):
@@ -198,6 +210,14 @@ def method_caches(dataset, method):
     if m.get("sam_prior"):
         out["sam_prior"] = f"{sam_prior_dir(dataset, m['sam_prior'])}/manifest.json"
     return out
+
+
+def method_stores(dataset, method):
+    """Paths of the stores a method's runs read, as `samcache train` gets them."""
+    return {
+        name: str(Path(manifest).parent / f"{name}.zarr")
+        for name, manifest in method_caches(dataset, method).items()
+    }
 
 
 def cache_args(inp):
@@ -217,7 +237,7 @@ def cache_args(inp):
 
 
 def run_record(dataset, task, method, fraction, seed):
-    return f"results/runs/{dataset}/{task}/{method}/f{fraction:g}_s{seed}.json"
+    return RunRef(dataset, task, method, float(fraction), int(seed)).record
 
 
 def table_cfg(name):
@@ -232,15 +252,117 @@ def table_row_methods(t):
     return [r if isinstance(r, str) else r["method"] for r in t["rows"]]
 
 
-def table_records(name):
+def table_runs(name):
     t = table_cfg(name)
     return [
-        run_record(b["dataset"], b["task"], m, float(f), int(s))
+        RunRef(b["dataset"], b["task"], m, float(f), int(s))
         for b in t["blocks"]
         for m in table_row_methods(t)
         for f in t["fractions"]
         for s in t["seeds"]
     ]
+
+
+def table_records(name):
+    return [r.record for r in table_runs(name)]
+
+
+# --- batches: many runs per training process (samcache.sweep) ---------------------------------
+
+
+@functools.cache
+def tables_of_runs():
+    """Every run some table of the configuration needs, with the names of those tables."""
+    out = {}
+    for name in config["tables"]:
+        for r in table_runs(name):
+            out.setdefault(r, set()).add(name)
+    return {r: frozenset(names) for r, names in out.items()}
+
+
+def run_execution(r):
+    t = method_spec(r.method, r.dataset)["train"]
+    return (t["device"], t["threads"])
+
+
+@functools.cache
+def batch_plan():
+    """Batches of runs by id, planned from the configuration alone (the same on every parse)."""
+    if config["sweep"]["runs_per_job"] == 1:
+        return {}
+    runs = tables_of_runs()
+    return plan_batches(
+        runs,
+        tables_of=runs.__getitem__,
+        execution_of=run_execution,
+        inputs_of=lambda r: [
+            method_cfg(r.method).get(k) for k in ("features", "sam_prior", "image_size")
+        ],
+        runs_per_job=config["sweep"]["runs_per_job"],
+    )
+
+
+@functools.cache
+def batch_of_run():
+    return {r: b for b, runs in batch_plan().items() for r in runs}
+
+
+def run_of(w):
+    return RunRef(w.dataset, w.task, w.method, float(w.fraction), int(w.seed))
+
+
+def batch_runs(batch):
+    if batch not in batch_plan():
+        raise WorkflowError(
+            f"no batch '{batch}' in this configuration's plan (it changed since the batch was "
+            "asked for): run snakemake again"
+        )
+    return batch_plan()[batch]
+
+
+def batch_report(w):
+    """{"batch": the report of the run's batch}, or {} when the run trains on its own."""
+    b = batch_of_run().get(run_of(w))
+    return {"batch": f"results/batches/{b}.json"} if b else {}
+
+
+def batch_inputs(batch):
+    runs = batch_runs(batch)
+    out = {"store": dataset_store(runs[0].dataset)}
+    for r in runs:
+        for name, manifest in method_caches(r.dataset, r.method).items():
+            out[f"{name}_{r.method}"] = manifest
+    return out
+
+
+def batch_plan_json(batch):
+    """What `samcache train-batch` trains: the runs, each method's settings and stores."""
+    runs = batch_runs(batch)
+    dataset = runs[0].dataset
+    methods = {}
+    for m in sorted({r.method for r in runs}):
+        stores = method_stores(dataset, m)
+        features = method_cfg(m).get("features")
+        methods[m] = {
+            "spec": method_spec(m, dataset),
+            "features": stores.get("features"),
+            "expect_key": feature_set(dataset, features).key() if features else None,
+            "sam_prior": stores.get("sam_prior"),
+        }
+    return {
+        "batch": batch,
+        "dataset": dataset_store(dataset),
+        "methods": methods,
+        "runs": [[r.task, r.method, r.fraction, r.seed, r.record] for r in runs],
+    }
+
+
+def batch_execution_args():
+    s = config["sweep"]
+    gpu = s["gpu_memory_gb"]
+    return f"--memory-gb {s['memory_gb']}" + (
+        f" --gpu-memory-gb {gpu}" if gpu is not None else ""
+    )
 
 
 @functools.cache

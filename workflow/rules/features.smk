@@ -42,6 +42,7 @@ rule features:
     threads: 4
     resources:
         gpu=1,
+        gpu_slot=lambda w: gpu_slots(),
     params:
         store=lambda w, output: str(Path(output.manifest).parent / "features.zarr"),
         spec=lambda w: json.dumps(feature_cache_settings(w.fset), sort_keys=True),

@@ -17,6 +17,7 @@ rule sam_prior:
     threads: lambda w: sam_prior_cfg(w.pset)["threads"]
     resources:
         gpu=1,
+        gpu_slot=lambda w: gpu_slots(),
     params:
         store=lambda w, output: str(Path(output.manifest).parent / "sam_prior.zarr"),
         spec=lambda w: json.dumps(sam_prior_cfg(w.pset), sort_keys=True),

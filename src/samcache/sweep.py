@@ -1,0 +1,186 @@
+"""Many runs per process: how runs are batched, and how a batch hands its records over.
+
+A *batch* is a list of runs that one process trains one after another, sharing the imports,
+the warm-up of the first training step and the resident cached inputs (``samcache.resident``).
+Snakemake still sees one ``train`` job per run, each producing its own record; the batch job
+(rule ``train_batch``) runs first and *stages* each record next to where it belongs
+(``<record dir>/.staged/<record name>``), and each run's ``train`` job then moves its staged
+record into place. Records are never written twice: a run whose record already exists and
+matches its current settings is not trained again (its record is staged as it is), and a
+staged record that matches is kept when an interrupted batch is rerun.
+
+Batches are planned from the configuration alone, so that every process that parses the
+workflow (a cluster node included) plans the same batches:
+
+* runs are grouped by the set of tables that need them, so building one table never trains a
+  run it does not need, and by how they execute (device, threads), so a batch's resources are
+  those of each of its runs;
+* each group, ordered so that runs reading the same cached inputs sit together (largest
+  training fraction first: a smaller subsample's items are then already resident), is cut into
+  near-equal batches of at most ``runs_per_job`` runs.
+
+This module imports no torch at the top: the Snakefile plans with it, and the ``train`` job of a
+staged run moves its record in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = 1
+
+
+@dataclass(frozen=True, order=True)
+class RunRef:
+    """One run: a method on a dataset task at a training fraction and seed."""
+
+    dataset: str
+    task: str
+    method: str
+    fraction: float
+    seed: int
+
+    @property
+    def record(self) -> str:
+        return (
+            f"results/runs/{self.dataset}/{self.task}/{self.method}/"
+            f"f{self.fraction:g}_s{self.seed}.json"
+        )
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Written to a temporary sibling and renamed: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def staged_path(record: str | Path) -> Path:
+    """Where a batch stages the record that belongs at ``record``."""
+    record = Path(record)
+    return record.parent / ".staged" / record.name
+
+
+def staged_log(record: str | Path) -> Path:
+    return staged_path(record).with_suffix(".log")
+
+
+def record_mismatch(
+    path: str | Path, expect: Mapping[str, Any], config: Mapping[str, Any]
+) -> str | None:
+    """None if the record at ``path`` stands for the run as configured, else why not.
+
+    ``expect`` maps record fields to the values they must have (the schema version is always
+    checked); ``config`` is the method's resolved configuration the record must carry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "no record"
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable ({err})"
+    if not isinstance(rec, dict) or "metrics" not in rec:
+        return "not a run record"
+    for key, want in {"schema": RECORD_SCHEMA, **expect}.items():
+        if rec.get(key) != want:
+            return f"{key} is {rec.get(key)!r}, not {want!r}"
+    if _canonical(rec.get("config")) != _canonical(config):
+        return "trained with other method settings"
+    return None
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def place_staged(
+    record: str | Path, expect: Mapping[str, Any], config: Mapping[str, Any], log_to=None
+) -> bool:
+    """Move a matching staged record (and its training log) to ``record``; False if none.
+
+    A staged record that does not match stays where it is, for its batch to replace.
+    """
+    staged = staged_path(record)
+    why = record_mismatch(staged, expect, config)
+    if why is not None:
+        if staged.exists():
+            log.warning("%s: staged record not used: %s", staged, why)
+        return False
+    run_log = staged_log(record)
+    if log_to is not None and run_log.is_file():
+        log_to.write(run_log.read_text())
+        log_to.flush()
+    Path(record).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, record)
+    run_log.unlink(missing_ok=True)
+    return True
+
+
+def stage_copy(record: str | Path) -> None:
+    """Stage a copy of a current record, so that its ``train`` job puts the same one back."""
+    staged = staged_path(record)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staged.with_name(f".{staged.name}.tmp-{os.getpid()}")
+    shutil.copyfile(record, tmp)
+    tmp.replace(staged)
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def plan_batches(
+    runs: Iterable[RunRef],
+    *,
+    tables_of: Callable[[RunRef], frozenset[str]],
+    execution_of: Callable[[RunRef], Hashable],
+    inputs_of: Callable[[RunRef], Sequence[Any]],
+    runs_per_job: int,
+) -> dict[str, list[RunRef]]:
+    """Batches of at most ``runs_per_job`` runs, by id (``<dataset>/<12 hex digits>``).
+
+    Runs share a batch only when the same tables need them (``tables_of``) and they execute
+    alike (``execution_of``: device, threads). Within a batch, runs are ordered by the cached
+    inputs they read (``inputs_of``), then method, task, fraction (largest first) and seed.
+    """
+    if runs_per_job < 1:
+        raise ValueError("sweep.runs_per_job must be at least 1")
+    groups: dict[tuple, list[RunRef]] = defaultdict(list)
+    for r in set(runs):
+        groups[(r.dataset, tuple(sorted(tables_of(r))), execution_of(r))].append(r)
+    batches: dict[str, list[RunRef]] = {}
+    for _, members in sorted(groups.items(), key=lambda kv: _canonical(kv[0])):
+        members.sort(
+            key=lambda r: (_canonical(inputs_of(r)), r.method, r.task, -r.fraction, r.seed)
+        )
+        n = math.ceil(len(members) / runs_per_job)
+        size, extra = divmod(len(members), n)
+        start = 0
+        for k in range(n):
+            stop = start + size + (k < extra)
+            chunk = members[start:stop]
+            batches[batch_id(chunk)] = chunk
+            start = stop
+    return batches
+
+
+def batch_id(runs: Sequence[RunRef]) -> str:
+    blob = _canonical([[r.dataset, r.task, r.method, r.fraction, r.seed] for r in runs])
+    return f"{runs[0].dataset}/{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
