@@ -21,6 +21,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/tables.smk"
 
 
+onsuccess:
+    tidy_staged("results/runs")
+
+
 rule all:
     default_target: True
     input:

@@ -236,8 +236,28 @@ def test_demo_dag_end_to_end(tmp_path):
         assert key in rec
     assert list((tmp_path / "cache/superpixels/demo").glob("*/manifest.json"))
     assert (tmp_path / "logs/train").is_dir()
+    # 36 runs trained by 3 processes: every record in place, nothing left staged
+    assert len(list((tmp_path / "logs/train_batch").rglob("*.log"))) == 3
+    assert not list((tmp_path / "results").rglob(".staged/*.json"))
+    assert not list((tmp_path / "results").rglob("batches/**/*.json"))
     again = snakemake(tmp_path, "--dry-run")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # A record lost: its batch runs again and trains that run alone; the others stay as they are
+    lost = tmp_path / "results/runs/demo/grade/sam_tiny_mlp/f10_s1.json"
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results/runs").rglob("*.json")}
+    old_record = json.loads(lost.read_text())
+    lost.unlink()
+    res = snakemake(tmp_path, "--cores", "2", str(lost.relative_to(tmp_path)))
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert res.stderr.count("rule train_batch:") == 1 and res.stderr.count("rule train:") == 1
+    batch_log = max((tmp_path / "logs/train_batch").rglob("*.log"), key=lambda p: p.stat().st_mtime)
+    assert "1 trained, 11 kept, 0 failed" in batch_log.read_text()
+    new_record = json.loads(lost.read_text())
+    for rec in (old_record, new_record):
+        del rec["started"], rec["wall_time_s"]
+    assert new_record == old_record
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "results/runs").rglob("*.json")}
+    assert {p for p in after if after[p] != before.get(p)} == {lost}  # none left staged
 
 
 def test_seed001_tables_schedule_their_runs_and_image_heads_need_no_feature_cache(tmp_path):

@@ -253,7 +253,10 @@ class RunInputs:
     def _rows_of(self, name: str, items: np.ndarray) -> torch.Tensor:
         if name in self.resident:
             return self.resident[name].take(items)
-        return torch.from_numpy(np.ascontiguousarray(self.streamed[name].load(items)))
+        src = self.streamed[name]
+        rows = src.load(items)
+        self.cache.stats.add(str(src.key[0]), rows)
+        return torch.from_numpy(np.ascontiguousarray(rows))
 
     def batch(self, items: np.ndarray) -> dict[str, object]:
         items = np.asarray(items)

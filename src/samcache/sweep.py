@@ -143,6 +143,24 @@ def stage_copy(record: str | Path) -> None:
     tmp.replace(staged)
 
 
+def tidy_staged(root: str | Path) -> int:
+    """Remove staged copies identical to the record in place (a batch stages current records
+    so that their ``train`` jobs could put them back; jobs that did not run leave them). Staged
+    records that differ from what is in place are kept: they are work not yet placed."""
+    removed = 0
+    for staged in Path(root).rglob(".staged/*.json"):
+        record = staged.parent.parent / staged.name
+        try:
+            same = record.is_file() and record.read_bytes() == staged.read_bytes()
+        except OSError:
+            continue
+        if same:
+            staged.unlink(missing_ok=True)
+            staged.with_suffix(".log").unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 # --- planning --------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from samcache.features.specs import (  # noqa: E402
     feature_set_from_config,
     superpixel_key,
 )
-from samcache.sweep import RunRef, plan_batches  # noqa: E402
+from samcache.sweep import RunRef, plan_batches, tidy_staged  # noqa: E402
 
 try:
     validate(config, "../schemas/config.schema.yaml")
