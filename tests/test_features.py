@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from segment_anything import SamPredictor
 
 from samcache.data.store import write_dataset_store
@@ -12,6 +13,7 @@ from samcache.features.encoders import build_encoder, encoder_spec, sam_around
 from samcache.features.extract import extract_features
 from samcache.features.specs import feature_set_from_config, parse_taps
 from samcache.features.store import FeatureStore, read_items
+from samcache.heads.slca import slap
 from samcache.zarrio import StoreError
 
 from conftest import TAPS, tiny_feature_config
@@ -95,6 +97,30 @@ def test_pooled_grid_is_the_average_of_the_native_grid(tmp_path, small_store, fp
     expected = native.reshape(4, -1, 2, 4, 2, 4).mean(axis=(3, 5))
     np.testing.assert_allclose(fs.read("block:2", np.arange(4)), expected, rtol=1e-5, atol=1e-5)
     assert fs.array("neck").shape[-1] == 8
+
+
+def test_one_tap_at_several_grids_is_stored_once_per_grid_as_its_head_pools_it(
+    tmp_path, small_store, fp32_features
+):
+    """block:2 natively, pooled exactly to 4 and adaptively to 3 (the grid a stage asks for)."""
+    taps = ["block:2", "block:2@4", {"name": "block:2", "grid": 3}, "neck"]
+    fset = feature_set_from_config(tiny_feature_config(dtype="float32", taps=taps), "small:m")
+    fs = extract_features(small_store.path, tmp_path / "m.zarr", fset, device="cpu", progress=False)
+    assert list(fs.taps) == ["block:2", "block:2@4", "block:2@3", "neck"]
+    idx = np.arange(6)
+    native = torch.from_numpy(fp32_features.read("block:2", idx))
+    np.testing.assert_array_equal(fs.read("block:2", idx), native.numpy())
+    torch.testing.assert_close(
+        torch.from_numpy(fs.read("block:2@4", idx)), F.avg_pool2d(native, 2), rtol=1e-6, atol=1e-6
+    )
+    # what SLCA's pooling onto a 3 x 3 stage computes from the native map (samcache.heads.slca)
+    torch.testing.assert_close(
+        torch.from_numpy(fs.read("block:2@3", idx)), slap(native, (3, 3)), rtol=1e-6, atol=1e-6
+    )
+    assert fs.array("block:2@3").shape[1:] == (128, 3, 3)
+    with pytest.raises(StoreError, match="no tap 'block:2@5'"):
+        fs.array("block:2@5")
+    assert fs.array("neck").shape[-1] == 8  # a name stored at one grid needs no suffix
 
 
 def test_store_records_its_cache_key(small_features):
@@ -189,5 +215,7 @@ def test_cache_key_tracks_encoder_and_checkpoint():
 def test_bad_taps_are_refused():
     with pytest.raises(ValueError, match="blocks 1..4"):
         feature_set_from_config(tiny_feature_config(taps=["block:5"]), "d")
-    with pytest.raises(ValueError, match="divide"):
-        parse_taps([{"name": "neck", "grid": 3}])[0].validate(encoder_spec("vit_tiny"))
+    with pytest.raises(ValueError, match="must lie in 1..8"):
+        parse_taps([{"name": "neck", "grid": 9}])[0].validate(encoder_spec("vit_tiny"))
+    with pytest.raises(ValueError, match="same grid"):
+        parse_taps(["neck@4", {"name": "neck", "grid": 4}])

@@ -14,7 +14,7 @@ from samcache.heads import HEADS, build_head
 from samcache.heads.attnmel import VGGHead
 from samcache.heads.backbones import StagedBackbone, build_backbone
 from samcache.heads.samaug import samaug_c_image
-from samcache.heads.slca import SLCA, Projector, StageFusion
+from samcache.heads.slca import SLCA, Projector, StageFusion, slap
 from samcache.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 from conftest import shapes_of
@@ -298,3 +298,39 @@ def test_sam_fusion_run_is_deterministic_on_cpu(tmp_path, small_store, small_fea
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
     assert np.isfinite(a["metrics"]["test"]["acc"])
     assert a["taps"] == ["patch_embed", "block:1", "block:2", "block:4", "neck"]
+
+
+@pytest.mark.parametrize("name", ["sam_slca_projector", "sam_sigmoid", "sam_add"])
+def test_taps_stored_at_their_stage_grid_give_what_the_native_taps_give(name):
+    """Pre-pooled storage (``<tap>@<grid>``) is exact for SAM fusion heads: their local pooling
+    onto a stage's grid is the identity on a map stored at that grid (docs/feature-cache.md)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    batch = fake_batch(HEADS[name].requires, gen)
+    native = build_head(
+        name, n_outputs=N_OUT, input_shapes=shapes_of(batch), **tiny_args(HEADS[name])
+    )
+    order = list(TAP_SHAPES)
+    grids = [s.grid[0] for s in native.backbone.stages]
+    pooled_taps, refs = {}, []
+    for tap, grid in zip(order, grids, strict=True):
+        ref = tap if grid >= TAP_SHAPES[tap][-1] else f"{tap}@{grid}"
+        pooled_taps[ref] = (
+            batch["taps"][tap] if ref == tap else slap(batch["taps"][tap], (grid, grid))
+        )
+        refs.append(ref)
+    assert any("@" in r for r in refs)
+    if native.projector:  # the projector reads the native neck (bilinear, not a pool)
+        pooled_taps["neck"] = batch["taps"]["neck"]
+    pooled_batch = {**batch, "taps": pooled_taps}
+    pooled = build_head(
+        name,
+        n_outputs=N_OUT,
+        input_shapes=shapes_of(pooled_batch),
+        stage_taps=refs,
+        **({"projector_tap": "neck"} if native.projector else {}),
+        **tiny_args(HEADS[name]),
+    )
+    pooled.load_state_dict(native.state_dict())
+    native.eval(), pooled.eval()
+    torch.testing.assert_close(pooled(pooled_batch)["logits"], native(batch)["logits"])

@@ -92,7 +92,9 @@ def _check_existing(out: Path, fset: FeatureSetSpec, ds: DatasetStore) -> zarr.G
 def _build_empty(g: zarr.Group, fset: FeatureSetSpec, ds: DatasetStore, batch_size: int) -> None:
     spec = fset.spec
     taps = [
-        TapInfo(t.name, t.array_name, spec.tap_channels(t.name), t.stored_grid(spec), t.dtype)
+        TapInfo(
+            t.name, t.array_name, spec.tap_channels(t.name), t.stored_grid(spec), t.dtype, t.ref
+        )
         for t in fset.taps
     ]
     item_bytes = max(t.channels * t.grid**2 * np.dtype(t.dtype).itemsize for t in taps)

@@ -77,6 +77,16 @@ def choose_attention(recorder: TapRecorder, x: torch.Tensor, autocast: Callable)
     return chosen
 
 
+def pool_to_grid(y: torch.Tensor, grid: int) -> torch.Tensor:
+    """A (B, C, g, g) map average-pooled to grid x grid: in whole windows where ``grid``
+    divides ``g``, else in torch's adaptive windows (what SLCA pools a map onto a stage with)."""
+    if y.shape[-1] == grid:
+        return y
+    if y.shape[-1] % grid == 0:
+        return F.avg_pool2d(y, y.shape[-1] // grid)
+    return F.adaptive_avg_pool2d(y, grid)
+
+
 def encode_batch(
     recorder: TapRecorder,
     fset: FeatureSetSpec,
@@ -92,13 +102,10 @@ def encode_batch(
     stored, finite = {}, []
     with torch.inference_mode():
         for t in fset.taps:
-            y = outs[t.name].float()
-            k = y.shape[-1] // t.stored_grid(spec)
-            if k > 1:
-                y = F.avg_pool2d(y, k)
+            y = pool_to_grid(outs[t.name].float(), t.stored_grid(spec))
             y = y.to(getattr(torch, t.dtype)).contiguous()
             finite.append(torch.isfinite(y).all())
-            stored[t.name] = y
+            stored[t.ref] = y
         flags = torch.stack(finite)
         if x.device.type != "cuda":
             return EncodedBatch(start, stop, stored, flags, None)
@@ -137,7 +144,7 @@ def run_pipeline(
         busy.setdefault(stage, 0.0)
     recorder = TapRecorder(encoder, fset.taps)
     pre = SamPreprocess(fset.spec)
-    arrays = {t.name: g[t.array_name] for t in fset.taps}
+    arrays = {t.ref: g[t.array_name] for t in fset.taps}
     autocast = autocast_factory(device, fset.compute_dtype)
     pin = device.type == "cuda"
 

@@ -108,6 +108,15 @@ def encoder_spec(name: str) -> EncoderSpec:
 
 
 _TAP_RE = re.compile(r"^(patch_embed|neck|block:(\d+))$")
+_REF_RE = re.compile(r"^(?P<name>[^@]+)(@(?P<grid>\d+))?$")
+
+
+def split_tap_ref(ref: str) -> tuple[str, int | None]:
+    """``"block:16@28"`` -> ``("block:16", 28)``; ``"neck"`` -> ``("neck", None)``."""
+    m = _REF_RE.match(ref)
+    if not m:
+        raise ValueError(f"tap '{ref}' is not '<tap>' or '<tap>@<grid>'")
+    return m.group("name"), int(m.group("grid")) if m.group("grid") else None
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,11 @@ class TapSpec:
     """One tapped module output: ``patch_embed``, ``block:<i>`` (1-based) or ``neck``.
 
     ``grid`` is the stored spatial size: ``None`` keeps the encoder's native token grid (64 for
-    the official encoders), a smaller divisor of it average-pools before storing. Pooling first
-    is exact for heads that begin with an average pool at that size (SLCA's local pooling).
+    the official encoders); a smaller one average-pools before storing (``avg_pool2d`` when it
+    divides the native grid, ``adaptive_avg_pool2d`` otherwise). Pooling first is exact for a
+    head that begins with that same pool onto that grid (SLCA's local pooling onto a stage),
+    up to where the float16 rounding happens. One module may be stored at several grids; each
+    is referred to as ``<tap>@<grid>`` (``block:16@28``), the native one by its name alone.
     """
 
     name: str
@@ -129,8 +141,13 @@ class TapSpec:
         return int(m.group(2)) - 1 if m and m.group(2) else None
 
     @property
+    def ref(self) -> str:
+        return self.name if self.grid is None else f"{self.name}@{self.grid}"
+
+    @property
     def array_name(self) -> str:
-        return self.name.replace(":", "_")
+        base = self.name.replace(":", "_")
+        return base if self.grid is None else f"{base}_g{self.grid}"
 
     def validate(self, enc: EncoderSpec) -> None:
         if not _TAP_RE.match(self.name):
@@ -140,9 +157,9 @@ class TapSpec:
         i = self.block_index
         if i is not None and not 0 <= i < enc.depth:
             raise ValueError(f"tap '{self.name}': encoder {enc.name} has blocks 1..{enc.depth}")
-        if self.grid is not None and (self.grid < 1 or enc.grid % self.grid):
+        if self.grid is not None and not 1 <= self.grid <= enc.grid:
             raise ValueError(
-                f"tap '{self.name}': grid {self.grid} must divide the native grid {enc.grid}"
+                f"tap '{self.ref}': grid {self.grid} must lie in 1..{enc.grid} (the native grid)"
             )
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"tap '{self.name}': storage dtype must be float16 or float32")
@@ -159,14 +176,15 @@ def parse_taps(
     out = []
     for t in taps:
         if isinstance(t, str):
-            out.append(TapSpec(t, default_grid, default_dtype))
+            name, grid = split_tap_ref(t)
+            out.append(TapSpec(name, grid or default_grid, default_dtype))
         else:
             out.append(
                 TapSpec(t["name"], t.get("grid", default_grid), t.get("dtype", default_dtype))
             )
-    names = [t.name for t in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"taps repeat a name: {names}")
+    refs = [t.ref for t in out]
+    if len(set(refs)) != len(refs):
+        raise ValueError(f"taps repeat a tap at the same grid: {refs}")
     return tuple(out)
 
 

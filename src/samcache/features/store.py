@@ -56,6 +56,7 @@ class TapInfo:
     channels: int
     grid: int
     dtype: str
+    ref: str = ""  # "<name>@<grid>" for a pooled copy, the name for the native map
 
 
 class FeatureStore:
@@ -97,13 +98,25 @@ class FeatureStore:
 
     @property
     def taps(self) -> dict[str, TapInfo]:
-        return {t["name"]: TapInfo(**t) for t in self.attrs["taps"]}
+        """The stored taps by reference (``neck``, ``block:16@28``), in extraction order."""
+        out = {}
+        for t in self.attrs["taps"]:
+            info = TapInfo(**{"ref": t["name"], **t})
+            out[info.ref] = info
+        return out
 
     def array(self, tap: str) -> zarr.Array:
+        """The array of tap ``tap``: a reference, or a name stored at one grid only."""
         taps = self.taps
-        if tap not in taps:
-            raise StoreError(f"{self.path}: no tap '{tap}'; the cache holds {sorted(taps)}")
-        return self.group[taps[tap].array]
+        if tap in taps:
+            return self.group[taps[tap].array]
+        same_name = [t for t in taps.values() if t.name == tap]
+        if len(same_name) == 1:
+            return self.group[same_name[0].array]
+        raise StoreError(
+            f"{self.path}: no tap '{tap}'; the cache holds {sorted(taps)}"
+            + (" (name the grid: '<tap>@<grid>')" if same_name else "")
+        )
 
     def read(self, tap: str, indices: np.ndarray) -> np.ndarray:
         """Rows ``indices`` of a tap, in the given order."""

@@ -41,7 +41,7 @@ from samcache.heads.base import register_head
 
 def map_name(tap: str) -> str:
     """A tap name as a module key and metric suffix: ``block:16`` -> ``block16``."""
-    return re.sub(r"[^a-z0-9_]", "", tap.lower())
+    return re.sub(r"[^a-z0-9_]", "", tap.split("@")[0].lower())
 
 
 def pad_to_square(x: torch.Tensor) -> torch.Tensor:
