@@ -51,21 +51,30 @@ class ReadStats:
 
 
 class Resident:
-    """One resident array: rows of prepared items, and where each item's row is."""
+    """One resident array: rows of prepared items, and where each item's row is.
 
-    def __init__(self, n_items: int, tensor: torch.Tensor, items: np.ndarray) -> None:
-        self.tensor = tensor
+    Host blocks are numpy arrays (gathering rows by numpy indexing is many times faster than
+    ``index_select`` on CPU float16 tensors); GPU blocks are CUDA tensors.
+    """
+
+    def __init__(self, n_items: int, data: np.ndarray | torch.Tensor, items: np.ndarray) -> None:
+        self.data = data
         self.row = np.full(n_items, -1, dtype=np.int64)
         self.row[items] = np.arange(len(items))
         self.users = 0  # runs holding this block; a held block is never evicted
 
     @property
-    def nbytes(self) -> int:
-        return self.tensor.numel() * self.tensor.element_size()
+    def on_gpu(self) -> bool:
+        return isinstance(self.data, torch.Tensor) and self.data.device.type == "cuda"
 
     @property
-    def device(self) -> torch.device:
-        return self.tensor.device
+    def nbytes(self) -> int:
+        if isinstance(self.data, np.ndarray):
+            return int(self.data.nbytes)
+        return self.data.numel() * self.data.element_size()
+
+    def host_rows(self) -> np.ndarray:
+        return self.data if isinstance(self.data, np.ndarray) else self.data.cpu().numpy()
 
     def missing(self, items: np.ndarray) -> np.ndarray:
         items = np.unique(np.asarray(items, dtype=np.int64))
@@ -76,8 +85,9 @@ class Resident:
         rows = self.row[np.asarray(items, dtype=np.int64)]
         if (rows < 0).any():
             raise KeyError("items not resident")  # a bug, never data: callers extend first
-        idx = torch.from_numpy(rows)
-        return self.tensor.index_select(0, idx.to(self.tensor.device))
+        if isinstance(self.data, np.ndarray):
+            return torch.from_numpy(self.data[rows])
+        return self.data.index_select(0, torch.from_numpy(rows).to(self.data.device))
 
 
 class ResidentCache:
@@ -106,9 +116,7 @@ class ResidentCache:
 
     def _held(self, on_device: bool, besides: Hashable) -> int:
         return sum(
-            b.nbytes
-            for k, b in self.blocks.items()
-            if k != besides and (b.device.type == "cuda") == on_device
+            b.nbytes for k, b in self.blocks.items() if k != besides and b.on_gpu == on_device
         )
 
     def _make_room(self, nbytes: int, on_device: bool, replacing: Hashable) -> bool:
@@ -120,7 +128,7 @@ class ResidentCache:
             if self._held(on_device, replacing) + nbytes <= budget:
                 break
             block = self.blocks[key]
-            if key != replacing and block.users == 0 and (block.device.type == "cuda") == on_device:
+            if key != replacing and block.users == 0 and block.on_gpu == on_device:
                 log.info("resident inputs: evicting %s (%.2f GiB)", key[0], block.nbytes / GIB)
                 del self.blocks[key]
         return self._held(on_device, replacing) + nbytes <= budget
@@ -165,12 +173,12 @@ class ResidentCache:
         place = self._place((len(old) + len(missing)) * row_bytes, key)
         if place is None:
             return None
-        rows = load(missing)
+        rows = np.ascontiguousarray(load(missing))
         self.stats.add(str(key[0]), rows)
-        tensor = torch.from_numpy(np.ascontiguousarray(rows))
         if block is not None:  # extended: the old rows first, then the new ones
-            tensor = torch.cat([block.tensor.cpu(), tensor])
-        fresh = Resident(n_items, tensor.to(place), np.concatenate([old, missing]))
+            rows = np.concatenate([block.host_rows(), rows])
+        data = torch.from_numpy(rows).to(place) if place.type == "cuda" else rows
+        fresh = Resident(n_items, data, np.concatenate([old, missing]))
         fresh.users = (block.users if block is not None else 0) + 1
         self.blocks[key] = fresh
         self.blocks.move_to_end(key)
