@@ -42,3 +42,13 @@ def test_table4_projector_reads_the_neck_in_every_row(config, table, one_thread)
         assert head(batch)["logits"].shape == (2, 2)
         checked += 1
     assert checked == 6
+
+
+@pytest.mark.parametrize(
+    "config, table", [(PAPER, "seed001_table3"), (DEMO, "demo_seed001_table3")], ids=["paper", "demo"]
+)
+def test_table3_scores_the_cam_in_the_authors_order(config, table):
+    rows = {r["method"]: r for r in config["tables"][table]["rows"] if isinstance(r, dict)}
+    gap = [r for m, r in rows.items() if config["methods"][m]["head"] == "vgg16_gap"]
+    assert [r["metrics"] for r in gap] == [["jaccard_cam_binarised_first"]]
+    assert "binarised at its 7" in config["tables"][table]["caption"]
