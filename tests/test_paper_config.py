@@ -45,7 +45,9 @@ def test_table4_projector_reads_the_neck_in_every_row(config, table, one_thread)
 
 
 @pytest.mark.parametrize(
-    "config, table", [(PAPER, "seed001_table3"), (DEMO, "demo_seed001_table3")], ids=["paper", "demo"]
+    "config, table",
+    [(PAPER, "seed001_table3"), (DEMO, "demo_seed001_table3")],
+    ids=["paper", "demo"],
 )
 def test_table3_scores_the_cam_in_the_authors_order(config, table):
     rows = {r["method"]: r for r in config["tables"][table]["rows"] if isinstance(r, dict)}

@@ -31,6 +31,7 @@ import torch
 
 from samcache import __version__, code_version
 from samcache.augment import AugmentSpec, augment
+from samcache.backbone_init import check_method
 from samcache.data.fractions import fraction_subsample, subsample_digest
 from samcache.data.store import DatasetStore, TaskInfo
 from samcache.device import resolve_device, to_device
@@ -138,6 +139,7 @@ def train_run(
     """Train and evaluate one run, write its record to ``out`` and return it."""
     t0 = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    check_method(method_name, method)  # a pretrained backbone needs its checkpoint file
     settings = TrainSettings(**dict(method.get("train", {})))
     seed_everything(seed, settings.threads)
     device = resolve_device(settings.device)

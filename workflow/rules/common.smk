@@ -16,6 +16,7 @@ sys.path.insert(0, SRC)
 shell.prefix("export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % SRC)
 
 from samcache import __version__ as SAMCACHE_VERSION  # noqa: E402
+from samcache.backbone_init import InitError, check_methods  # noqa: E402
 from samcache.config import config_error_message  # noqa: E402
 from samcache.features.checkpoints import (
     CHECKPOINT_DIR,
@@ -178,6 +179,7 @@ def method_spec(name, dataset=None):
 
     Precedence: the method's own `train`, then `train_by_dataset.<dataset>`, then `train`.
     """
+    require_initialisation([name])
     m = dict(method_cfg(name))
     per_dataset = config["train_by_dataset"].get(dataset, {}) if dataset else {}
     m["train"] = {**config["train"], **per_dataset, **m.get("train", {})}
@@ -232,8 +234,24 @@ def table_row_methods(t):
     return [r if isinstance(r, str) else r["method"] for r in t["rows"]]
 
 
+def require_initialisation(methods):
+    """Stop before any job runs when a method's pretrained backbone has no checkpoint file."""
+    try:
+        check_methods([(m, method_cfg(m)) for m in methods])
+    except InitError as err:
+        cfg_error(str(err))
+
+
+def table_spec(name):
+    """What the table command needs: the table's config and its blocks' dataset entries."""
+    t = table_cfg(name)
+    datasets = {b["dataset"]: dataset_cfg(b["dataset"]) for b in t["blocks"]}
+    return {"name": name, **t, "datasets": datasets}
+
+
 def table_records(name):
     t = table_cfg(name)
+    require_initialisation(table_row_methods(t))
     return [
         run_record(b["dataset"], b["task"], m, float(f), int(s))
         for b in t["blocks"]

@@ -69,6 +69,7 @@ class VGGHead(RoiRegularised):
     """Shared construction: a VGG-16 backbone, the loss settings and checkpoint loading."""
 
     requires: ClassVar[frozenset[str]] = frozenset({"image"})
+    pretrained_backbone = True
 
     def __init__(
         self,

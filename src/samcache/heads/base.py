@@ -30,6 +30,9 @@ class Head(nn.Module):
     #: ``head_args`` the shared constructor takes but this variant does not use: refused by name
     #: (``build_head``), since a setting accepted and ignored looks as if it changed something.
     unused_args: ClassVar[frozenset[str]] = frozenset()
+    #: True for heads with a trainable backbone that starts from an ImageNet checkpoint unless
+    #: the method says ``init: random`` (``samcache.backbone_init``).
+    pretrained_backbone: ClassVar[bool] = False
 
     @classmethod
     def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any) -> Head:
