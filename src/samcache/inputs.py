@@ -187,12 +187,12 @@ class RunInputs:
                 else tuple(b[k].shape[1:])
             )
             for k in b
-            if k != "label"
+            if k not in ("label", "item")
         }
 
     def batch(self, items: np.ndarray) -> dict[str, object]:
         rows = np.array([self.row[int(i)] for i in items])
-        out: dict[str, object] = {"label": self.labels[rows]}
+        out: dict[str, object] = {"label": self.labels[rows], "item": torch.as_tensor(np.array(items))}
         for key, value in self.data.items():
             if key == "pooled":
                 out[key] = value[rows]

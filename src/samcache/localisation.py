@@ -101,6 +101,15 @@ def named_maps(outputs: Mapping[str, Any], task_type: str) -> dict[str, torch.Te
     return maps
 
 
+def centre_window(masks: np.ndarray, crop: int, input_side: int | None) -> np.ndarray:
+    """The centre window of (N, H, W) masks that a ``crop`` px centre crop of an input of side
+    ``input_side`` (the store's side when None) covers."""
+    side = masks.shape[-1]
+    scale = side / (input_side or side)
+    off, size = round((((input_side or side) - crop) // 2) * scale), round(crop * scale)
+    return masks[:, off : off + size, off : off + size]
+
+
 def read_masks(ds: DatasetStore, items: np.ndarray) -> np.ndarray:
     """Lesion masks of ``items`` (in that order) as a boolean (N, H, W) array."""
     return read_items(ds.group["masks/lesion"], items) > 0
@@ -116,8 +125,14 @@ def localisation_metrics(
     task_type: str,
     batch_size: int,
     frame: str = "image",
+    crop: int | None = None,
 ) -> dict[str, float]:
-    """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks."""
+    """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks.
+
+    ``crop``: the head was tested on the centre ``crop`` x ``crop`` window of its input (seed
+    001's authors' protocol); the masks are cut to the same window of their own frame, so the
+    maps are scored where the head saw the image (the authors' frame).
+    """
     if not ds.has_lesion_mask or len(items) == 0:
         return {}
     items = np.asarray(items)
@@ -128,6 +143,8 @@ def localisation_metrics(
         if not maps:
             return {}
         masks = read_masks(ds, chunk)
+        if crop is not None:
+            masks = centre_window(masks, crop, inputs.image_size)
         for name, m in maps.items():
             pred = binarise(maps_to_mask_frame(m.cpu(), masks.shape[1:], frame).numpy())
             totals[name] = totals.get(name, 0.0) + float(jaccard_per_image(pred, masks).sum())

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from samcache import __version__, code_version
-from samcache.augment import AugmentSpec, augment
+from samcache.augment import augment, evaluation_view
 from samcache.backbone_init import check_method
 from samcache.data.fractions import fraction_subsample, subsample_digest
 from samcache.data.store import DatasetStore, TaskInfo
@@ -41,6 +41,7 @@ from samcache.heads import Head, build_head, head_class
 from samcache.inputs import RunInputs, batches
 from samcache.localisation import localisation_metrics
 from samcache.metrics import compute_metrics
+from samcache.views import augmentation_for_run
 
 log = logging.getLogger(__name__)
 RECORD_SCHEMA = 1
@@ -56,6 +57,7 @@ class TrainSettings:
     threads: int = 1
     select_metric: str = "auc"
     augment: bool | dict = True  # flips and crops, applied to every spatial input alike
+    tap_augment: str = "warp"  # how cached taps follow the image: warp, views or none
     oversample: bool = False  # minority classes drawn as often as the majority (seed 001)
     max_memory_gb: float = 4.0  # above this a run reads its inputs from Zarr per batch
     optimizer: str = "adamw"  # or "sgd": seed 001's SGD with (Nesterov) momentum
@@ -99,12 +101,13 @@ def predict(
     task: TaskInfo,
     device: torch.device,
     batch_size: int,
+    view=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and predicted probabilities of ``items``, in order."""
+    """Labels and predicted probabilities of ``items``, in order (``view``: e.g. a centre crop)."""
     head.eval()
     probs, labels = [], []
     for batch in batches(inputs, items, batch_size):
-        out = head(to_device(batch, device))
+        out = head(to_device(view(batch) if view else batch, device))
         probs.append(probabilities(task.type, out["logits"]).float().cpu())
         labels.append(batch["label"])
     return torch.cat(labels).numpy(), torch.cat(probs).numpy()
@@ -117,8 +120,9 @@ def evaluate(
     task: TaskInfo,
     device: torch.device,
     batch_size: int,
+    view=None,
 ) -> dict[str, float]:
-    y, p = predict(head, inputs, items, task, device, batch_size)
+    y, p = predict(head, inputs, items, task, device, batch_size, view)
     return compute_metrics(y, p, task.type)
 
 
@@ -181,7 +185,10 @@ def train_run(
     trainable = [p for p in head.parameters() if p.requires_grad]
     opt, sched = make_optimizer(trainable, settings)
     gen = torch.Generator().manual_seed(seed)
-    aug = AugmentSpec.from_config(settings.augment)
+    aug, view_taps = augmentation_for_run(  # view_taps: tap_augment: views
+        settings.augment, settings.tap_augment, cls.requires, fs, taps, subset, lazy=inputs.lazy
+    )
+    view = evaluation_view(aug)  # the centre window of augment.crop_size, or None
 
     history, best, best_state, best_epoch = [], -np.inf, None, -1
     for epoch in range(1, settings.epochs + 1):
@@ -191,7 +198,7 @@ def train_run(
             inputs, subset, settings.batch_size, generator=gen, oversample=settings.oversample
         ):
             if aug is not None:
-                batch = augment(batch, aug, gen)
+                batch = augment(batch, aug, gen, view_taps=view_taps)
             batch = to_device(batch, device)
             loss = head.loss(head(batch), batch, info.type)
             opt.zero_grad(set_to_none=True)
@@ -200,7 +207,7 @@ def train_run(
             losses.append(loss.item())
         if sched is not None:
             sched.step()
-        val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
+        val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size, view)
         history.append(
             {
                 "epoch": epoch,
@@ -213,17 +220,18 @@ def train_run(
             best, best_epoch, best_state = score, epoch, copy.deepcopy(head.state_dict())
     if best_state is not None:
         head.load_state_dict(best_state)
-    test = evaluate(head, inputs, splits["test"], info, device, settings.batch_size)
+    test = evaluate(head, inputs, splits["test"], info, device, settings.batch_size, view)
     test |= localisation_metrics(  # seed 001's Table 3; {} for heads without attention maps
-        lambda b: head(to_device(b, device)),
+        lambda b: head(to_device(view(b) if view else b, device)),
         inputs,
         splits["test"],
         ds,
         task_type=info.type,
         batch_size=settings.batch_size,
         frame=getattr(head, "attention_frame", "image"),
+        crop=aug.crop_size if view else None,  # masks in the frame the head is tested on
     )
-    val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
+    val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size, view)
 
     record = {
         "schema": RECORD_SCHEMA,

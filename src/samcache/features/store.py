@@ -49,6 +49,11 @@ def create_store_atomically(path: Path, build: Callable[[zarr.Group], None]) -> 
     return open_group(path, "r+")
 
 
+def view_array_name(array: str, view: str) -> str:
+    """The array of a tap under a view: the tap's own array for the identity."""
+    return array if view == "identity" else f"{array}__{view}"
+
+
 @dataclass(frozen=True)
 class TapInfo:
     name: str
@@ -99,11 +104,18 @@ class FeatureStore:
     def taps(self) -> dict[str, TapInfo]:
         return {t["name"]: TapInfo(**t) for t in self.attrs["taps"]}
 
-    def array(self, tap: str) -> zarr.Array:
+    @property
+    def views(self) -> tuple[str, ...]:
+        """``identity`` and the views cached for training images (``samcache.views``)."""
+        return tuple(self.attrs.get("views", ["identity"]))
+
+    def array(self, tap: str, view: str = "identity") -> zarr.Array:
         taps = self.taps
         if tap not in taps:
             raise StoreError(f"{self.path}: no tap '{tap}'; the cache holds {sorted(taps)}")
-        return self.group[taps[tap].array]
+        if view not in self.views:
+            raise StoreError(f"{self.path}: no view '{view}'; the cache holds {list(self.views)}")
+        return self.group[view_array_name(taps[tap].array, view)]
 
     def read(self, tap: str, indices: np.ndarray) -> np.ndarray:
         """Rows ``indices`` of a tap, in the given order."""
