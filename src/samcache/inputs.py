@@ -192,7 +192,10 @@ class RunInputs:
 
     def batch(self, items: np.ndarray) -> dict[str, object]:
         rows = np.array([self.row[int(i)] for i in items])
-        out: dict[str, object] = {"label": self.labels[rows], "item": torch.as_tensor(np.array(items))}
+        out: dict[str, object] = {
+            "label": self.labels[rows],
+            "item": torch.as_tensor(np.array(items)),
+        }
         for key, value in self.data.items():
             if key == "pooled":
                 out[key] = value[rows]

@@ -71,9 +71,7 @@ def step_bytes(
                 batch[key] = torch.zeros(batch_size, *shape)
         saved = _saved_bytes(lambda: head.loss(head(batch), batch, "binary"))
     inputs = sum(
-        x.numel() * 4
-        for v in batch.values()
-        for x in (v.values() if isinstance(v, dict) else [v])
+        x.numel() * 4 for v in batch.values() for x in (v.values() if isinstance(v, dict) else [v])
     )
     params = sum(p.numel() * 4 for p in head.parameters() if p.requires_grad)
     optimiser = (method.get("train") or {}).get("optimizer", "adamw")

@@ -146,8 +146,9 @@ def run_pipeline(
     view_arrays = {
         v: {t.name: g[view_array_name(t.array_name, v)] for t in fset.taps} for v in extra_views
     }
-    is_train = np.zeros(ds.n_items, dtype=bool)
+    is_train = None  # training rows, which alone get the extra views
     if extra_views:
+        is_train = np.zeros(ds.n_items, dtype=bool)
         is_train[ds.indices("train")] = True
     autocast = autocast_factory(device, fset.compute_dtype)
     pin = device.type == "cuda"
@@ -166,7 +167,7 @@ def run_pipeline(
                 images = np.asarray(ds.images[a:b])
                 resized = torch.from_numpy(pre.resize(images))
                 resized = resized.pin_memory() if pin else resized
-                train = np.flatnonzero(is_train[a:b])
+                train = np.flatnonzero(is_train[a:b]) if is_train is not None else []
                 views = {}
                 for v in extra_views if len(train) else []:  # the image transformed, then SAM's
                     turned = np.stack([apply_view(images[j], v, axes=(0, 1)) for j in train])
