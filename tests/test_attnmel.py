@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 import torchvision
@@ -49,21 +47,19 @@ def test_a_local_torchvision_checkpoint_is_loaded(tmp_path):
     )
     for k, v in head.backbone.features.state_dict().items():
         torch.testing.assert_close(v, state[f"features.{k}"])
-    assert head.info["backbone_init"] == f"checkpoint {path}"
+    assert head.info["backbone_init"] == "checkpoint vgg16_bn.pth"
     assert len(head.info["checkpoint_sha256"]) == 64
 
 
-def test_absent_checkpoint_warns_and_a_mismatched_one_is_an_error(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING):
-        head = build_head(
+def test_absent_checkpoint_and_a_mismatched_one_are_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
+        build_head(
             "mel_cnn",
             n_outputs=2,
             input_shapes={"image": (3, 32, 32)},
             width=0.25,
             checkpoint=str(tmp_path / "missing.pth"),
         )
-    assert "missing.pth is absent" in caplog.text
-    assert head.info["backbone_init"].startswith("random")
     wrong = tmp_path / "vgg16_no_bn.pth"
     torch.save(
         {f"features.{k}": v for k, v in VGGBackbone(0.25, False).state_dict().items()}, wrong
@@ -114,6 +110,7 @@ def run(tmp_path, store, name, method, features=None, seed=0, out="r.json"):
 def test_attention_run_records_jaccard_per_map_and_is_deterministic(tmp_path, small_store):
     method = {
         "head": "attnmel_cnn_lesion",
+        "init": "random",
         "image_size": 32,
         "head_args": {"width": 1 / 16},
         "train": VGG_TRAIN,
@@ -129,9 +126,20 @@ def test_attention_run_records_jaccard_per_map_and_is_deterministic(tmp_path, sm
 
 
 def test_cam_and_plain_heads(tmp_path, small_store):
-    base = {"image_size": 32, "head_args": {"width": 1 / 16}, "train": {**VGG_TRAIN, "epochs": 1}}
+    base = {
+        "init": "random",
+        "image_size": 32,
+        "head_args": {"width": 1 / 16},
+        "train": {**VGG_TRAIN, "epochs": 1},
+    }
     gap = run(tmp_path, small_store, "gap", {"head": "vgg16_gap", **base}, out="g.json")
-    assert set(gap["metrics"]["test"]) == {"acc", "auc", "ap", "jaccard_cam"}
+    assert set(gap["metrics"]["test"]) == {
+        "acc",
+        "auc",
+        "ap",
+        "jaccard_cam",
+        "jaccard_cam_binarised_first",
+    }
     mel = run(tmp_path, small_store, "mel", {"head": "mel_cnn", **base}, out="m.json")
     assert set(mel["metrics"]["test"]) == {"acc", "auc", "ap"}
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from samcache.augment import AugmentSpec, augment, random_affine, warp
@@ -141,3 +142,107 @@ def test_lazy_and_in_memory_taps_agree(small_store, small_features):
     for t in ("block:1", "neck"):
         torch.testing.assert_close(a["taps"][t], b["taps"][t])
     torch.testing.assert_close(a["pooled"], b["pooled"])
+
+
+def _windows(x: np.ndarray, size: int, step: int) -> list[np.ndarray]:
+    """Every size x size window of (C, S, S) x at offsets in steps of ``step``, in each of the
+    eight flips and turns: what a fixed-size crop with flips and quarter turns may give."""
+    out = []
+    for r in range(0, x.shape[-1] - size + 1, step):
+        for c in range(0, x.shape[-1] - size + 1, step):
+            w = x[..., r : r + size, c : c + size]
+            for f in (w, w[..., ::-1]):
+                out += [np.rot90(f, k, axes=(-2, -1)) for k in range(4)]
+                out += [np.rot90(f[..., ::-1, :], k, axes=(-2, -1)) for k in range(4)]
+    return out
+
+
+def test_a_fixed_size_crop_cuts_every_map_without_resizing():
+    """Seed 001's authors: a random 224 window of the 256 image, no resize. Here 12 of 16 px,
+    with a mask at 16 px and a tap at 8 px: each output is a window of its own input (numpy
+    slicing, flips and turns), the tap's window the same region as the image's."""
+    from samcache.augment import evaluation_view
+
+    g = torch.Generator().manual_seed(0)
+    n = 8
+    batch = {
+        "label": torch.zeros(n),
+        "image": torch.rand(n, 3, 16, 16, generator=g),
+        "lesion_mask": (torch.rand(n, 1, 16, 16, generator=g) > 0.5).float(),
+        "taps": {"t": torch.rand(n, 2, 8, 8, generator=g)},
+    }
+    spec = AugmentSpec.from_config({"crop_size": 12, "rot90": True})
+    out = augment(batch, spec, torch.Generator().manual_seed(1))
+    assert out["image"].shape == (n, 3, 12, 12) and out["taps"]["t"].shape == (n, 2, 6, 6)
+    for i in range(n):
+        img = batch["image"][i].numpy()
+        match = [w for w in _windows(img, 12, 2) if np.array_equal(w, out["image"][i].numpy())]
+        assert match, i
+        tap_windows = _windows(batch["taps"]["t"][i].numpy(), 6, 1)
+        assert any(np.array_equal(w, out["taps"]["t"][i].numpy()) for w in tap_windows), i
+    centre = evaluation_view(spec)(batch)
+    np.testing.assert_array_equal(centre["image"].numpy(), batch["image"][..., 2:14, 2:14].numpy())
+    np.testing.assert_array_equal(
+        centre["taps"]["t"].numpy(), batch["taps"]["t"][..., 1:7, 1:7].numpy()
+    )
+    with pytest.raises(ValueError, match="exclude"):
+        AugmentSpec.from_config({"crop_size": 12, "crop_scale": [0.8, 1.0]})
+
+
+def test_a_crop_size_run_is_tested_and_localised_on_the_centre_window(tmp_path, small_store):
+    """A 64 px store, crop_size 48: the head sees 48 px in training and testing, and Table 3's
+    Jaccard is taken on the centre 48 px of the masks (the authors' frame)."""
+    from samcache.localisation import localisation_metrics
+    from samcache.train import train_run
+
+    seen = []
+
+    class Spy:
+        def __call__(self, batch):
+            seen.append(tuple(batch["image"].shape[-2:]))
+            img = batch["image"]
+            return {"logits": torch.zeros(len(img), 2), "attention": {"toy": img.mean(1, True)}}
+
+    items = small_store.indices("test")
+    inputs = RunInputs(
+        small_store, frozenset({"image"}), items, items, labels=small_store.labels("melanoma")
+    )
+    from samcache.augment import evaluation_view
+
+    view = evaluation_view(AugmentSpec.from_config({"crop_size": 48}))
+    res = localisation_metrics(
+        lambda b: Spy()(view(b)),
+        inputs,
+        items,
+        task_type="binary",
+        batch_size=8,
+        crop=48,
+    )
+    from test_localisation import sklearn_mean_jaccard
+
+    images = np.stack(
+        [inputs.batch(items[i : i + 1])["image"][0].mean(0).numpy() for i in range(len(items))]
+    )[:, 8:56, 8:56]
+    masks = (np.asarray(small_store.group["masks/lesion"][:])[items] > 0)[:, 8:56, 8:56]
+    assert res["jaccard_toy"] == pytest.approx(sklearn_mean_jaccard(images, masks), abs=1e-9)
+    rec = train_run(
+        dataset=small_store.path,
+        features=None,
+        task="melanoma",
+        method_name="gap",
+        method={
+            "head": "attnmel_cnn",
+            "init": "random",
+            "head_args": {"width": 1 / 16},
+            "train": {
+                "epochs": 1,
+                "batch_size": 16,
+                "threads": 1,
+                "augment": {"crop_size": 48, "rot90": True},
+            },
+        },
+        fraction=100,
+        seed=0,
+        out=tmp_path / "r.json",
+    )
+    assert {"jaccard_pool3", "jaccard_pool4"} <= set(rec["metrics"]["test"])

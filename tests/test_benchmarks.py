@@ -45,3 +45,11 @@ def test_slic_throughput_reports_each_worker_count(tmp_path):
         ["--images", "10", "--image-size", "32", "--threads", "1", "2", "--out", str(out)]
     )
     assert [row["threads"] for row in r["rows"]] == [1, 2] and r["rows"][0]["speedup"] == 1
+
+
+def test_tap_views_compares_warped_and_re_encoded_taps(tmp_path):
+    out = tmp_path / "tv.json"
+    r = load("tap_views").main(["--encoders", "vit_tiny", "--images", "1", "--out", str(out)])
+    errors = r["encoders"]["vit_tiny"]["relative_error"]
+    assert set(errors) == {"hflip", "rot90", "crop0.875"} and out.exists()
+    assert all(v > 0 for per in errors.values() for v in per.values())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 
 import numpy as np
 import pytest
@@ -256,9 +255,6 @@ def test_backbone_checkpoints_load_with_weights_only(tmp_path, caplog):
     loaded = build_backbone("test_resnet", checkpoint=path)
     for (k, a), b in zip(src.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    with caplog.at_level(logging.WARNING):
-        build_backbone("test_resnet")
-    assert "random initialisation" in caplog.text
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": src.state_dict(), "x": NotWeights()}, evil)
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|not an allowed"):
@@ -281,6 +277,7 @@ def test_sam_fusion_run_is_deterministic_on_cpu(tmp_path, small_store, small_fea
 
     method = {
         "head": "sam_slca_projector",
+        "init": "random",
         "image_size": 32,
         "head_args": {"backbone": "test_resnet"},
         "train": {"epochs": 2, "lr": 1e-3, "batch_size": 8, "threads": 1},
@@ -334,3 +331,49 @@ def test_taps_stored_at_their_stage_grid_give_what_the_native_taps_give(name):
     pooled.load_state_dict(native.state_dict())
     native.eval(), pooled.eval()
     torch.testing.assert_close(pooled(pooled_batch)["logits"], native(batch)["logits"])
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("sam_slca", {"projector_tap": "neck"}),
+        ("sam_add", {"projector_tap": "neck"}),
+        ("sam_sigmoid", {"projector_tap": "neck"}),
+        ("sam_add", {"reduction": 8}),
+        ("sam_add", {"residual": "add"}),
+        ("sam_sigmoid", {"reduction": 8}),
+        ("sam_slca_projector", {"slap_kernel": 5}),  # only read with slap: window
+        ("attnmel_cnn", {"roi_weights": [0.1, 0.1]}),
+        ("attnmel_cnn", {"roi_attributes": [0]}),
+        ("attnmel_cnn_lesion", {"roi_attributes": [0]}),
+        ("attnmel_cnn_bkg", {"roi_attributes": [0]}),
+        ("sam_attnmel", {"roi_weights": [0.1, 0.1, 0.1, 0.1]}),
+        ("sam_attnmel_lesion", {"roi_attributes": [0]}),
+        ("sam_mel", {"attn_channels": 8}),
+    ],
+)
+def test_a_head_refuses_an_argument_it_does_not_use_by_name(name, args):
+    cls = HEADS[name]
+    batch = fake_batch(cls.requires, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError) as err:
+        build_head(name, n_outputs=2, input_shapes=shapes_of(batch), **tiny_args(cls), **args)
+    (arg,) = args
+    assert arg in str(err.value)
+    assert name in str(err.value) or HEADS[name].__name__ in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("sam_slca_projector", {"projector_tap": "neck", "reduction": 8, "residual": "add"}),
+        ("sam_slca_projector", {"slap": "window", "slap_kernel": 5}),
+        ("sam_slca", {"reduction": 8, "residual": "add"}),
+        ("sam_sigmoid", {"residual": "add"}),
+        ("attnmel_cnn_dermo", {"roi_attributes": [0, 1], "roi_weights": [0.1, 0.1]}),
+        ("attnmel_cnn_lesion", {"roi_weights": [0.1, 0.1]}),
+    ],
+)
+def test_arguments_a_head_uses_are_accepted(name, args):
+    cls = HEADS[name]
+    batch = fake_batch(cls.requires, torch.Generator().manual_seed(0))
+    build_head(name, n_outputs=2, input_shapes=shapes_of(batch), **tiny_args(cls), **args)

@@ -10,6 +10,8 @@ from sklearn.metrics import jaccard_score
 from samcache.inputs import RunInputs
 from samcache.localisation import (
     binarise,
+    binarised_then_resized,
+    fuzzy_jaccard_per_image,
     jaccard_per_image,
     localisation_metrics,
     maps_to_mask_frame,
@@ -75,3 +77,46 @@ def test_localisation_metrics_over_a_store_split(small_store):
     masks = np.asarray(small_store.group["masks/lesion"][:])[items] > 0
     assert set(res) == {"jaccard_toy"}
     assert res["jaccard_toy"] == pytest.approx(sklearn_mean_jaccard(images, masks), abs=1e-9)
+
+
+def test_cam_in_the_authors_order_binarises_at_7x7_then_resizes():
+    """The authors' order against scikit-image's bilinear resize and the fuzzy Jaccard written
+    out: binarise each 7 x 7 CAM, resize the binary map to the mask, Σ min / Σ max."""
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(1)
+    cams = rng.normal(size=(3, 1, 7, 7)).cumsum(axis=2)
+    masks = rng.uniform(size=(3, 56, 56)) > 0.5
+    soft = binarised_then_resized(torch.from_numpy(cams).float(), (56, 56), "image")
+    expected = []
+    for cam, mask in zip(cams[:, 0], masks, strict=True):
+        norm = (cam - cam.min()) / (cam.max() - cam.min())
+        up = resize(
+            (norm >= 0.5).astype(float), (56, 56), order=1, mode="edge", anti_aliasing=False
+        )
+        np.testing.assert_allclose(soft[len(expected)], up, atol=1e-6)
+        expected.append(np.minimum(up, mask).sum() / np.maximum(up, mask).sum())
+    np.testing.assert_allclose(fuzzy_jaccard_per_image(soft, masks), expected, atol=1e-6)
+    # the order matters: today's procedure (resize, then binarise) scores these maps otherwise
+    today = jaccard_per_image(
+        binarise(maps_to_mask_frame(torch.from_numpy(cams).float(), (56, 56), "image").numpy()),
+        masks,
+    )
+    assert not np.allclose(today, expected)
+
+
+class _ToyCam:
+    def __call__(self, batch):
+        img = batch["image"]
+        cam = torch.nn.functional.avg_pool2d(img.mean(1, True), 8)
+        return {"logits": torch.zeros(len(img), 2), "cam": torch.cat([-cam, cam], 1)}
+
+
+def test_a_cam_is_scored_in_both_orders(small_store):
+    items = small_store.indices("test")
+    inputs = RunInputs(
+        small_store, frozenset({"image"}), items, items, labels=small_store.labels("melanoma")
+    )
+    res = localisation_metrics(_ToyCam(), inputs, items, task_type="binary", batch_size=5)
+    assert set(res) == {"jaccard_cam", "jaccard_cam_binarised_first"}
+    assert res["jaccard_cam"] != res["jaccard_cam_binarised_first"]

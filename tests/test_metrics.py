@@ -75,3 +75,18 @@ def test_acc_and_auc_agree_with_medmnist_evaluator_on_a_converted_store(
     assert ours["auc"] == pytest.approx(theirs.AUC)
     assert ours["acc"] == pytest.approx(theirs.ACC)
     assert store.task(task).medmnist_task == Evaluator(flag, "test", root=str(root)).info["task"]
+
+
+def test_binary_accuracy_follows_medmnist_on_nearly_equal_logits():
+    """Two logits 1e-7 apart: float32 softmax gives (0.49999997, 0.5). Arg-max says class 1,
+    medmnist's ``p > 0.5`` says class 0; the metrics module documents medmnist's rule."""
+    import torch
+
+    z = torch.tensor([[-0.2505785822868347, -0.25057849287986755]] * 2)
+    p = torch.softmax(z, dim=1).double().numpy()
+    assert p.argmax(1)[0] == 1 and not p[0, 1] > 0.5  # the two rules disagree here
+    tie = np.array([[0.5, 0.5], [0.5, 0.5]])
+    for scores in (p, tie):
+        for y in ([0, 0], [1, 1], [0, 1]):
+            y = np.array(y)
+            assert compute_metrics(y, scores, "binary")["acc"] == getACC(y, scores, "binary-class")

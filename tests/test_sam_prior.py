@@ -98,6 +98,7 @@ def test_samaug_c_run_reads_the_cache_and_is_deterministic(tmp_path, small_store
 
     method = {
         "head": "samaug_c",
+        "init": "random",
         "image_size": 32,
         "head_args": {"backbone": "test_resnet"},
         "train": {"epochs": 2, "lr": 1e-3, "batch_size": 8, "threads": 1},
@@ -145,6 +146,7 @@ def test_the_cli_builds_the_cache_and_trains_on_it(tmp_path, small_store, small_
     np.testing.assert_array_equal(open_sam_priors(out)[:], open_sam_priors(small_priors)[:])
     method = {
         "head": "samaug_c",
+        "init": "random",
         "image_size": 32,
         "head_args": {"backbone": "test_resnet"},
         "train": {"epochs": 1, "batch_size": 16, "threads": 1},

@@ -23,12 +23,14 @@ METHODS = {
     "lin": {"head": "linear_probe", "train": TRAIN},
     "fused": {
         "head": "sam_slca_projector",
+        "init": "random",
         "image_size": 32,
         "head_args": {"backbone": "test_resnet"},
         "train": TRAIN,
     },
     "attn": {
         "head": "attnmel_cnn_lesion",
+        "init": "random",
         "image_size": 32,
         "head_args": {"width": 0.0625},
         "train": {**TRAIN, "oversample": True},

@@ -216,3 +216,33 @@ def test_a_metric_the_run_did_not_report_is_an_error_that_names_the_record(tmp_p
     spec = {**TABLE3, "rows": [{"method": "gap", "label": "GAP"}]}  # gap has no pool3 map
     with pytest.raises(ValueError, match=r"gap_0.json has no test metric \['jaccard_pool3'"):
         write_table(spec, paths, tmp_path / "x.md", tmp_path / "x.csv")
+
+
+def test_caption_and_runs_csv_say_each_rows_initialisation_and_each_blocks_images(tmp_path):
+    paths, _ = _records(tmp_path)
+    for p in paths:  # m_a from a checkpoint, m_b from random weights
+        rec = json.loads(p.read_text())
+        rec["head_info"] = (
+            {"backbone_init": "checkpoint r152.safetensors", "checkpoint_sha256": "ab" * 32}
+            if rec["method"] == "m_a"
+            else {"backbone_init": "random"}
+        )
+        p.write_text(json.dumps(rec))
+    spec = {
+        **SPEC,
+        "datasets": {
+            "d1": {"source": "retinamnist", "size": 28, "image_size": 224},
+            "d2": {"source": "breastmnist", "size": 224, "image_size": 224},
+        },
+    }
+    md, tex = tmp_path / "t1.md", tmp_path / "t1.tex"
+    write_table(spec, paths, md, tmp_path / "t1.csv", tmp_path / "t1.runs.csv", tex=tex)
+    text = md.read_text()
+    assert "D1: MedMNIST v2 28 px files (retinamnist.npz), resized to 224 px" in text
+    assert "D2: MedMNIST+ 224 px files (breastmnist_224.npz)" in text
+    assert "checkpoint r152.safetensors (SHA-256 abababababab…): Method A" in text
+    assert "random weights (init: random): m_b" in text
+    assert "MedMNIST v2 28 px" in tex.read_text()
+    runs = pd.read_csv(tmp_path / "t1.runs.csv")
+    assert set(runs[runs.method == "m_a"].init) == {"checkpoint r152.safetensors"}
+    assert set(runs[runs.method == "m_b"].init) == {"random"}

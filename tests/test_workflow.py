@@ -24,6 +24,21 @@ DEMO = REPO / "workflow" / "config" / "demo.yaml"
 PAPER = REPO / "config.yaml"
 
 
+def place_checkpoints(workdir: Path, config: Path = PAPER) -> list[Path]:
+    """Empty stand-ins for every backbone checkpoint the config names (a dry run only checks
+    that they are there; a run would verify and load them)."""
+    cfg = yaml.safe_load(config.read_text())
+    paths = {
+        workdir / m["head_args"]["checkpoint"]
+        for m in cfg["methods"].values()
+        if (m.get("head_args") or {}).get("checkpoint")
+    }
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    return sorted(paths)
+
+
 def snakemake(
     workdir: Path, *args: str, config: tuple[Path, ...] = (DEMO,), timeout: int = 900
 ) -> subprocess.CompletedProcess:
@@ -168,6 +183,7 @@ def test_paper_tables_plan_every_run_with_the_papers_settings(tmp_path):
     paper = yaml.safe_load(PAPER.read_text())
     names = ["gu_table1", "gu_table2", "gu_table3", "gu_table4"]
     targets = [f"results/tables/{n}.md" for n in names]
+    place_checkpoints(tmp_path)
     res = snakemake(tmp_path, "--dry-run", *targets, config=(PAPER,))
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
@@ -187,6 +203,7 @@ def test_paper_tables_plan_every_run_with_the_papers_settings(tmp_path):
 def test_seed001_paper_tables_plan_the_papers_schedule_on_the_cropped_isic_stores(tmp_path):
     paper = yaml.safe_load(PAPER.read_text())
     names = ["seed001_table1", "seed001_table2", "seed001_table3"]
+    place_checkpoints(tmp_path)
     res = snakemake(
         tmp_path, "--dry-run", *[f"results/tables/{n}.md" for n in names], config=(PAPER,)
     )
@@ -206,6 +223,20 @@ def test_seed001_paper_tables_plan_the_papers_schedule_on_the_cropped_isic_store
         for _, s in specs
     }
     assert schedules == {("sgd", 0.01, 50, True)}
+
+
+def test_a_paper_table_refuses_to_start_without_its_checkpoints(tmp_path):
+    """Before any job: the error names each missing file and where to place it."""
+    res = snakemake(tmp_path, "--dry-run", "results/tables/seed001_table1.md", config=(PAPER,))
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "place vgg16_bn-6c64b313.pth" in out and str(tmp_path / "checkpoints") in out
+    assert "download.pytorch.org/models/vgg16_bn-6c64b313.pth" in out
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+    placed = place_checkpoints(tmp_path)
+    assert [p.name for p in placed if p.suffix == ".pth"] == ["vgg16_bn-6c64b313.pth"]
+    res = snakemake(tmp_path, "--dry-run", "results/tables/seed001_table1.md", config=(PAPER,))
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.slow
@@ -281,3 +312,26 @@ def test_seed001_tables_schedule_their_runs_and_image_heads_need_no_feature_cach
     train_cmd = re.search(r"python -m samcache train --dataset .*", res.stdout).group(0)
     batch_cmd = re.search(r"python -m samcache train-batch .*", res.stdout).group(0)
     assert "--features" not in train_cmd and '"features": null' in batch_cmd
+
+
+def test_a_table_can_name_the_28_px_medmnist_files(tmp_path):
+    """RetinaMNIST from MedMNIST v2's 28 px file instead of the default 224 px one."""
+    overlay = tmp_path / "v2.yaml"
+    overlay.write_text(
+        "tables:\n  gu_table3_28px:\n    blocks: [{dataset: retinamnist_28, task: grade}]\n"
+        "    rows: [senet154, senet154_sam]\n    fractions: [100]\n    seeds: [0]\n"
+        "    metrics: [acc]\n"
+    )
+    place_checkpoints(tmp_path)
+    res = snakemake(
+        tmp_path, "--dry-run", "results/tables/gu_table3_28px.md", config=(PAPER, overlay)
+    )
+    assert res.returncode == 0, res.stderr
+    assert "data/raw/retinamnist/retinamnist.npz" in res.stdout
+    assert "retinamnist_224.npz" not in res.stdout
+    spec = json.loads(re.search(r"samcache table --spec '(\{.*?\})'", res.stdout).group(1))
+    assert spec["datasets"]["retinamnist_28"] == {
+        **spec["datasets"]["retinamnist_28"],
+        "size": 28,
+        "image_size": 224,
+    }

@@ -104,6 +104,7 @@ class RunInputs:
         self.taps = list(taps)
         self.image_size = image_size
         self.ds, self.fs = ds, features
+        self.train_items = np.asarray(train_items)
         self.cache = cache if cache is not None else ResidentCache()
         if ({"taps", "pooled"} & requires) and features is None:
             raise ValueError("this head reads cached features but the run has no feature store")
@@ -247,7 +248,7 @@ class RunInputs:
                 else tuple(b[k].shape[1:])
             )
             for k in b
-            if k != "label"
+            if k not in ("label", "item")
         }
 
     def _rows_of(self, name: str, items: np.ndarray) -> torch.Tensor:
@@ -261,7 +262,10 @@ class RunInputs:
     def batch(self, items: np.ndarray) -> dict[str, object]:
         items = np.asarray(items)
         rows = np.array([self.row[int(i)] for i in items])
-        out: dict[str, object] = {"label": self.labels[rows]}
+        out: dict[str, object] = {
+            "label": self.labels[rows],
+            "item": torch.as_tensor(np.array(items)),
+        }
         if self.pooled is not None:
             out["pooled"] = self.pooled[rows]
         if "taps" in self.requires:
@@ -279,6 +283,57 @@ class RunInputs:
         if key == "superpixels":
             return t.long()
         return t.float()
+
+    def view_taps(self) -> Callable[[object, Sequence[str]], dict[str, torch.Tensor]]:
+        """The run's taps under the feature cache's views (``samcache.views``), for training
+        items: ``(items, views) -> {tap: (B, C, g, g)}``, row i taken from view ``views[i]``.
+
+        The views' arrays join the run's resident inputs (or stream, above the budget); the
+        identity view is the run's own taps.
+        """
+        views = self.fs.views
+        train = np.asarray(self.train_items)
+        for t in self.taps:
+            for v in views[1:]:
+                name = f"taps/{t}/{v}"
+                if name in self.resident or name in self.streamed:
+                    continue
+                arr = self.fs.array(t, v)
+                src = Source(
+                    ("tap", str(self.fs.path), self.fs.key, t, v),
+                    lambda idx, arr=arr: read_items(arr, idx),
+                    _row_bytes(arr.shape[1:], arr.dtype.itemsize),
+                )
+                block = self.cache.get(src.key, self.ds.n_items, train, src.load, src.row_bytes)
+                if block is None:
+                    self.streamed[name] = src
+                else:
+                    self.resident[name] = block
+
+        def taps_under(items: object, names: Sequence[str]) -> dict[str, torch.Tensor]:
+            items, names = np.asarray(items), np.asarray(names)
+            missing = sorted(set(names.tolist()) - set(views))
+            if missing:
+                raise ValueError(
+                    f"the feature cache holds no taps of views {missing} (it holds "
+                    f"{list(views)}); add them to the feature set's views or draw no such "
+                    "transform"
+                )
+            out = {}
+            for t in self.taps:
+                rows = None
+                for v in dict.fromkeys(names.tolist()):
+                    sel = np.flatnonzero(names == v)
+                    part = self._rows_of(
+                        f"taps/{t}" if v == views[0] else f"taps/{t}/{v}", items[sel]
+                    )
+                    if rows is None:
+                        rows = part.new_empty((len(items), *part.shape[1:]))
+                    rows[torch.from_numpy(sel).to(part.device)] = part
+                out[t] = rows.float()
+            return out
+
+        return taps_under
 
     def lesion_masks(self, items: np.ndarray) -> np.ndarray:
         """Lesion masks of ``items`` at the stored size, as a boolean (N, H, W) array."""

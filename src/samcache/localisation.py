@@ -13,6 +13,13 @@ activation map of ``outputs["cam"]``), following the paper and its authors' eval
 The CAM is taken for the positive class of a binary task (melanoma; the authors' choice) and for
 the predicted class otherwise. Results go into the run record's test metrics as
 ``jaccard_<map>``: ``jaccard_pool3``, ``jaccard_pool4``, ``jaccard_cam``, ``jaccard_block16``.
+
+The authors' CAM evaluation takes the other order: the CAM is min-max normalised and binarised
+at its own 7 x 7 resolution, the binary map is resized bilinearly to the mask (which leaves soft
+values along its borders), and the Jaccard index is the fuzzy one, ``Σ min(P, M) / Σ max(P, M)``
+(equal to the binary index for binary maps). The CAM is scored both ways: ``jaccard_cam`` (the
+procedure of every other map) and ``jaccard_cam_binarised_first`` (the authors' order); a table
+names the one it shows.
 """
 
 from __future__ import annotations
@@ -44,8 +51,28 @@ def jaccard_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def maps_to_mask_frame(maps: torch.Tensor, size: tuple[int, int], frame: str) -> torch.Tensor:
-    """(B, 1, h, w) maps as (B, H, W) over the mask's pixels (``frame``: "image"|"sam_square")."""
+def fuzzy_jaccard_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(N,) ``Σ min / Σ max`` of (N, H, W) maps in [0, 1]; 1 where both maps are empty."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    inter = np.minimum(pred, target).sum(axis=(1, 2))
+    union = np.maximum(pred, target).sum(axis=(1, 2))
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)
+
+
+def binarised_then_resized(maps: torch.Tensor, size: tuple[int, int], frame: str) -> np.ndarray:
+    """(B, 1, h, w) maps binarised at their own resolution, then resized bilinearly to ``size``."""
+    own = maps_to_mask_frame(maps, size, frame, resize=False)
+    binary = torch.from_numpy(binarise(own.numpy()).astype(np.float32))[:, None]
+    return F.interpolate(binary, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def maps_to_mask_frame(
+    maps: torch.Tensor, size: tuple[int, int], frame: str, *, resize: bool = True
+) -> torch.Tensor:
+    """(B, 1, h, w) maps as (B, H, W) over the mask's pixels (``frame``: "image"|"sam_square").
+
+    ``resize=False`` only drops what lies outside the image (SAM's padding), at the map's grid.
+    """
     if frame == "sam_square":  # the map covers the image padded to a square at bottom/right
         height, width = size
         side = max(height, width)
@@ -53,6 +80,8 @@ def maps_to_mask_frame(maps: torch.Tensor, size: tuple[int, int], frame: str) ->
         maps = maps[..., : max(1, round(h * height / side)), : max(1, round(w * width / side))]
     elif frame != "image":
         raise ValueError(f"unknown attention frame '{frame}'")
+    if not resize:
+        return maps[:, 0].float()
     up = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
     return up[:, 0]
 
@@ -70,6 +99,15 @@ def named_maps(outputs: Mapping[str, Any], task_type: str) -> dict[str, torch.Te
     return maps
 
 
+def centre_window(masks: np.ndarray, crop: int, input_side: int | None) -> np.ndarray:
+    """The centre window of (N, H, W) masks that a ``crop`` px centre crop of an input of side
+    ``input_side`` (the store's side when None) covers."""
+    side = masks.shape[-1]
+    scale = side / (input_side or side)
+    off, size = round((((input_side or side) - crop) // 2) * scale), round(crop * scale)
+    return masks[:, off : off + size, off : off + size]
+
+
 @torch.inference_mode()
 def localisation_metrics(
     forward: Callable[[Mapping[str, Any]], Mapping[str, Any]],
@@ -79,8 +117,14 @@ def localisation_metrics(
     task_type: str,
     batch_size: int,
     frame: str = "image",
+    crop: int | None = None,
 ) -> dict[str, float]:
-    """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks."""
+    """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks.
+
+    ``crop``: the head was tested on the centre ``crop`` x ``crop`` window of its input (seed
+    001's authors' protocol); the masks are cut to the same window of their own frame, so the
+    maps are scored where the head saw the image (the authors' frame).
+    """
     if not inputs.ds.has_lesion_mask or len(items) == 0:
         return {}
     items = np.asarray(items)
@@ -94,7 +138,13 @@ def localisation_metrics(
         if all_masks is None:
             all_masks = inputs.lesion_masks(items)
         masks = all_masks[start : start + batch_size]
+        if crop is not None:
+            masks = centre_window(masks, crop, inputs.image_size)
         for name, m in maps.items():
             pred = binarise(maps_to_mask_frame(m.cpu(), masks.shape[1:], frame).numpy())
             totals[name] = totals.get(name, 0.0) + float(jaccard_per_image(pred, masks).sum())
+            if name == "cam":  # the authors' order as well: binarise at 7 x 7, then resize
+                soft = binarised_then_resized(m.cpu(), masks.shape[1:], frame)
+                score = float(fuzzy_jaccard_per_image(soft, masks).sum())
+                totals["cam_binarised_first"] = totals.get("cam_binarised_first", 0.0) + score
     return {f"jaccard_{name}": total / len(items) for name, total in totals.items()}

@@ -1,7 +1,10 @@
 """Classification metrics with medmnist's conventions, computed with scikit-learn.
 
-* ACC: arg-max accuracy for single-label tasks (for two classes this is medmnist's
-  ``score[:, -1] > 0.5``); for multi-label tasks the mean over labels of the 0.5-threshold accuracy.
+* ACC: medmnist's rules. A binary task predicts the positive class when its probability exceeds
+  0.5 (``score[:, -1] > 0.5``; a tie at 0.5 is negative); arg-max would differ from it when
+  float32 rounding leaves two nearly equal probabilities summing to slightly less or more than
+  one. Tasks with more classes use the arg-max, multi-label tasks the mean over labels of the
+  0.5-threshold accuracy.
 * AUC: binary ROC AUC of the positive class; for several classes the unweighted mean of the
   one-vs-rest AUCs (medmnist's ``getAUC``); for multi-label tasks the mean over labels.
 * AP: average precision of the positive class (seed 001's official ISIC 2016 metric); macro
@@ -35,6 +38,8 @@ def accuracy(y_true: np.ndarray, scores: np.ndarray, task_type: str) -> float:
         return float(
             np.mean([accuracy_score(y_true[:, k], pred[:, k]) for k in range(y_true.shape[1])])
         )
+    if task_type == "binary":
+        return float(accuracy_score(y_true, scores[:, -1] > 0.5))
     return float(accuracy_score(y_true, scores.argmax(axis=1)))
 
 

@@ -34,6 +34,8 @@ import pandas as pd
 from samcache import __version__
 
 METRIC_LABELS = {"acc": "ACC", "auc": "AUC", "ap": "AP"}
+NO_BACKBONE = "no trainable backbone"
+MEDMNIST = {"retinamnist": "RetinaMNIST", "breastmnist": "BreastMNIST"}
 
 
 def normalise_rows(rows: Sequence[str | Mapping[str, str]]) -> list[dict[str, str]]:
@@ -80,6 +82,54 @@ def seeds_note(spec: Mapping[str, Any]) -> str:
     )
 
 
+def describe_dataset(cfg: Mapping[str, Any]) -> str:
+    """Where a dataset's images come from and at which resolution, for a table's caption."""
+    source = cfg.get("source", "?")
+    side = cfg.get("image_size")
+    if source in MEDMNIST:
+        size = int(cfg.get("size", 224))
+        origin = (
+            f"MedMNIST v2 {size} px files ({source}.npz)"
+            if size == 28
+            else f"MedMNIST+ {size} px files ({source}_{size}.npz)"
+        )
+        return origin + (f", resized to {side} px" if side and side != size else "")
+    crop = cfg.get("center_crop")
+    parts = [f"{source} images"]
+    if crop:
+        parts.append(f"centre crop {crop:g} x the short side")
+    if side:
+        parts.append(f"resized to {side} px")
+    return ", ".join(parts)
+
+
+def provenance_notes(spec: Mapping[str, Any], runs: pd.DataFrame) -> list[str]:
+    """Caption lines: each block's image source and resolution, each row's initialisation."""
+    notes = []
+    datasets = spec.get("datasets") or {}
+    described = [
+        f"{block_label(b)}: {describe_dataset(datasets[b['dataset']])}"
+        for b in spec["blocks"]
+        if b["dataset"] in datasets
+    ]
+    if described:
+        notes.append("Images — " + "; ".join(dict.fromkeys(described)) + ".")
+    by_init: dict[str, list[str]] = {}
+    for row in normalise_rows(spec["rows"]):
+        sel = runs[runs.method == row["method"]]
+        for init, sha in dict.fromkeys(zip(sel["init"], sel["checkpoint_sha256"], strict=True)):
+            if init == NO_BACKBONE:
+                continue
+            what = "random weights (init: random)" if init == "random" else str(init)
+            if isinstance(sha, str):
+                what += f" (SHA-256 {sha[:12]}…)"
+            by_init.setdefault(what, []).append(row["label"])
+    if by_init:
+        parts = [f"{what}: {', '.join(labels)}" for what, labels in by_init.items()]
+        notes.append("Backbone initialisation — " + "; ".join(parts) + ".")
+    return notes
+
+
 def record_key(rec: Mapping[str, Any]) -> tuple:
     return (rec["dataset"], rec["task"], rec["method"], float(rec["fraction"]), int(rec["seed"]))
 
@@ -123,6 +173,10 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
                             "fraction": float(frac),
                             "seed": int(seed),
                             **{m: test[m] for m in row_metrics(spec, row)},
+                            "init": (rec.get("head_info") or {}).get("backbone_init", NO_BACKBONE),
+                            "checkpoint_sha256": (rec.get("head_info") or {}).get(
+                                "checkpoint_sha256"
+                            ),
                             "best_epoch": rec.get("best_epoch"),
                             "n_train": rec.get("n_train"),
                             "cache_key": rec.get("cache_key"),
@@ -226,6 +280,8 @@ def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", seeds_note(spec)]
+    for note in spec.get("notes", []):
+        lines += ["", note]
     if spec.get("caption"):
         lines += ["", str(spec["caption"])]
     lines += [
@@ -285,7 +341,7 @@ def to_latex(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     title = str(spec.get("title", spec.get("name", "Table")))
     if not show_block:
         title += f" ({block_label(spec['blocks'][0])})"
-    caption = f"{title}. {seeds_note(spec)}"
+    caption = " ".join([f"{title}. {seeds_note(spec)}", *spec.get("notes", [])])
     lines = [
         r"\begin{table}[t]",
         r"\centering",
@@ -323,6 +379,7 @@ def write_table(
     tex: str | Path | None = None,
 ) -> pd.DataFrame:
     runs = runs_frame(spec, load_records(record_paths))
+    spec = {**spec, "notes": provenance_notes(spec, runs)}
     summary = summary_frame(spec, runs)
     Path(md).parent.mkdir(parents=True, exist_ok=True)
     Path(md).write_text(to_markdown(spec, summary))

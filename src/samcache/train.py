@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from samcache import __version__, code_version
-from samcache.augment import AugmentSpec, augment
+from samcache.augment import augment, evaluation_view
+from samcache.backbone_init import check_method
 from samcache.data.fractions import fraction_subsample, subsample_digest
 from samcache.data.store import DatasetStore, TaskInfo
 from samcache.device import resolve_device, to_device
@@ -40,6 +41,7 @@ from samcache.localisation import localisation_metrics
 from samcache.metrics import compute_metrics
 from samcache.resident import ResidentCache
 from samcache.sweep import RECORD_SCHEMA, write_json_atomic
+from samcache.views import augmentation_for_run
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class TrainSettings:
     threads: int = 1
     select_metric: str = "auc"
     augment: bool | dict = True  # flips and crops, applied to every spatial input alike
+    tap_augment: str = "warp"  # how cached taps follow the image: warp, views or none
     oversample: bool = False  # minority classes drawn as often as the majority (seed 001)
     optimizer: str = "adamw"  # or "sgd": seed 001's SGD with (Nesterov) momentum
     momentum: float = 0.9  # sgd only
@@ -98,12 +101,13 @@ def predict(
     task: TaskInfo,
     device: torch.device,
     batch_size: int,
+    view=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and predicted probabilities of ``items``, in order."""
+    """Labels and predicted probabilities of ``items``, in order (``view``: e.g. a centre crop)."""
     head.eval()
     probs, labels = [], []
     for batch in batches(inputs, items, batch_size):
-        out = head(to_device(batch, device))
+        out = head(to_device(view(batch) if view else batch, device))
         probs.append(probabilities(task.type, out["logits"]).float().cpu())
         labels.append(batch["label"])
     return torch.cat(labels).numpy(), torch.cat(probs).numpy()
@@ -116,8 +120,9 @@ def evaluate(
     task: TaskInfo,
     device: torch.device,
     batch_size: int,
+    view=None,
 ) -> dict[str, float]:
-    y, p = predict(head, inputs, items, task, device, batch_size)
+    y, p = predict(head, inputs, items, task, device, batch_size, view)
     return compute_metrics(y, p, task.type)
 
 
@@ -129,15 +134,18 @@ def fit(
     settings: TrainSettings,
     device: torch.device,
     seed: int,
+    augmentation: tuple = (None, None, None),
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``head``, validating after every epoch; leaves it at its best epoch's weights.
 
+    ``augmentation``: the run's ``AugmentSpec`` (or None), the cached views its taps come from
+    (``tap_augment: views``, else None) and the evaluation view (a centre crop, or None).
     Returns the per-epoch history and the best epoch (by ``select_metric``, earliest on ties).
     """
     trainable = [p for p in head.parameters() if p.requires_grad]
     opt, sched = make_optimizer(trainable, settings)
     gen = torch.Generator().manual_seed(seed)
-    aug = AugmentSpec.from_config(settings.augment)
+    aug, view_taps, view = augmentation
     history, best, best_state, best_epoch = [], -np.inf, None, -1
     for epoch in range(1, settings.epochs + 1):
         head.train()
@@ -150,7 +158,7 @@ def fit(
             oversample=settings.oversample,
         ):
             if aug is not None:
-                batch = augment(batch, aug, gen)
+                batch = augment(batch, aug, gen, view_taps=view_taps)
             batch = to_device(batch, device)
             loss = head.loss(head(batch), batch, info.type)
             opt.zero_grad(set_to_none=True)
@@ -159,7 +167,7 @@ def fit(
             losses.append(loss.item())
         if sched is not None:
             sched.step()
-        val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
+        val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size, view)
         history.append(
             {
                 "epoch": epoch,
@@ -197,6 +205,7 @@ def train_run(
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    check_method(method_name, method)  # a pretrained backbone needs its checkpoint file
     settings = TrainSettings(**dict(method.get("train", {})))
     seed_everything(seed, settings.threads)
     device = resolve_device(settings.device)
@@ -235,17 +244,25 @@ def train_run(
             input_shapes=inputs.input_shapes(),
             **dict(method.get("head_args", {})),
         ).to(device)
-        history, best_epoch = fit(head, inputs, splits, info, settings, device, seed)
-        test = evaluate(head, inputs, splits["test"], info, device, settings.batch_size)
+        aug, view_taps = augmentation_for_run(  # view_taps: tap_augment: views
+            settings.augment, settings.tap_augment, cls.requires, fs, source=inputs.view_taps
+        )
+        view = evaluation_view(aug)  # the centre window of augment.crop_size, or None
+        history, best_epoch = fit(
+            head, inputs, splits, info, settings, device, seed, (aug, view_taps, view)
+        )
+        bs = settings.batch_size
+        test = evaluate(head, inputs, splits["test"], info, device, bs, view)
         test |= localisation_metrics(  # seed 001's Table 3; {} for heads without attention maps
-            lambda b: head(to_device(b, device)),
+            lambda b: head(to_device(view(b) if view else b, device)),
             inputs,
             splits["test"],
             task_type=info.type,
-            batch_size=settings.batch_size,
+            batch_size=bs,
             frame=getattr(head, "attention_frame", "image"),
+            crop=aug.crop_size if view else None,  # masks in the frame the head is tested on
         )
-        val = evaluate(head, inputs, splits["val"], info, device, settings.batch_size)
+        val = evaluate(head, inputs, splits["val"], info, device, bs, view)
 
     record = {
         "schema": RECORD_SCHEMA,

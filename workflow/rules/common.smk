@@ -16,6 +16,7 @@ sys.path.insert(0, SRC)
 shell.prefix("export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % SRC)
 
 from samcache import __version__ as SAMCACHE_VERSION  # noqa: E402
+from samcache.backbone_init import InitError, check_methods  # noqa: E402
 from samcache.config import config_error_message  # noqa: E402
 from samcache.features.checkpoints import (
     CHECKPOINT_DIR,
@@ -175,7 +176,7 @@ def method_cfg(name):
     return config["methods"][name]
 
 
-def method_spec(name, dataset=None):
+def resolved_method(name, dataset=None):
     """The method's config with the training defaults filled in: what a run records.
 
     Precedence: the method's own `train`, then `train_by_dataset.<dataset>`, then `train`.
@@ -184,6 +185,12 @@ def method_spec(name, dataset=None):
     per_dataset = config["train_by_dataset"].get(dataset, {}) if dataset else {}
     m["train"] = {**config["train"], **per_dataset, **m.get("train", {})}
     return m
+
+
+def method_spec(name, dataset=None):
+    """`resolved_method` of a method about to run: its backbone checkpoint must be in place."""
+    require_initialisation([name])
+    return resolved_method(name, dataset)
 
 
 def train_on_cuda(method, dataset):
@@ -252,6 +259,21 @@ def table_row_methods(t):
     return [r if isinstance(r, str) else r["method"] for r in t["rows"]]
 
 
+def require_initialisation(methods):
+    """Stop before any job runs when a method's pretrained backbone has no checkpoint file."""
+    try:
+        check_methods([(m, method_cfg(m)) for m in methods])
+    except InitError as err:
+        cfg_error(str(err))
+
+
+def table_spec(name):
+    """What the table command needs: the table's config and its blocks' dataset entries."""
+    t = table_cfg(name)
+    datasets = {b["dataset"]: dataset_cfg(b["dataset"]) for b in t["blocks"]}
+    return {"name": name, **t, "datasets": datasets}
+
+
 def table_runs(name):
     t = table_cfg(name)
     return [
@@ -264,6 +286,7 @@ def table_runs(name):
 
 
 def table_records(name):
+    require_initialisation(table_row_methods(table_cfg(name)))
     return [r.record for r in table_runs(name)]
 
 
@@ -281,7 +304,7 @@ def tables_of_runs():
 
 
 def run_execution(r):
-    t = method_spec(r.method, r.dataset)["train"]
+    t = resolved_method(r.method, r.dataset)["train"]
     return (t["device"], t["threads"])
 
 

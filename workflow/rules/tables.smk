@@ -22,9 +22,7 @@ rule table:
     conda:
         "../../envs/train.yaml"
     params:
-        spec=lambda w: json.dumps(
-            {"name": w.table, **table_cfg(w.table)}, sort_keys=True
-        ),
+        spec=lambda w: json.dumps(table_spec(w.table), sort_keys=True),
     shell:
         "python -m samcache table --spec {params.spec:q} --md {output.md} --tex {output.tex} "
         "--csv {output.csv} --runs-csv {output.runs} --plot {output.plot} {input} > {log} 2>&1"

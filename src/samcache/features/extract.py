@@ -3,6 +3,8 @@
 Layout of ``features.zarr``::
 
     <tap array>   (N, C, g, g) float16 by default, one image per chunk, shards of whole batches
+    <tap array>__<view>  the same for each view beyond the identity (``samcache.views``): only
+                  the rows of training images are written
     complete      (N,) bool, set for a batch only after all of its tap arrays are written
     attrs: cache_key, key_fields, dataset_fingerprint, batch_size, items_per_shard, taps,
            extractions (device, attention path and versions of every run that wrote to it)
@@ -46,6 +48,7 @@ from samcache.features.store import (
     TapInfo,
     create_store_atomically,
     exclusive_writer,
+    view_array_name,
 )
 from samcache.zarrio import (
     ItemLedger,
@@ -100,14 +103,15 @@ def _build_empty(g: zarr.Group, fset: FeatureSetSpec, ds: DatasetStore, batch_si
     item_bytes = max(t.channels * t.grid**2 * np.dtype(t.dtype).itemsize for t in taps)
     per_shard = _choose_items_per_shard(batch_size, item_bytes)
     for t in taps:
-        create_item_array(
-            g,
-            t.array,
-            n_items=ds.n_items,
-            item_shape=(t.channels, t.grid, t.grid),
-            dtype=t.dtype,
-            items_per_shard=per_shard,
-        )
+        for view in fset.views:  # views beyond the identity: only training rows get written
+            create_item_array(
+                g,
+                view_array_name(t.array, view),
+                n_items=ds.n_items,
+                item_shape=(t.channels, t.grid, t.grid),
+                dtype=t.dtype,
+                items_per_shard=per_shard,
+            )
     ItemLedger(g, ds.n_items, per_shard)
     g.attrs.update(
         {
@@ -119,6 +123,7 @@ def _build_empty(g: zarr.Group, fset: FeatureSetSpec, ds: DatasetStore, batch_si
             "batch_size": batch_size,
             "items_per_shard": per_shard,
             "taps": [t.__dict__ for t in taps],
+            "views": list(fset.views),
             "weights": fset.weights,
             "extractions": [],
         }

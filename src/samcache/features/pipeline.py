@@ -34,8 +34,10 @@ from samcache.data.store import DatasetStore
 from samcache.features.attention import attention_error, sdpa_is_exact_enough, set_attention
 from samcache.features.preprocess import SamPreprocess
 from samcache.features.specs import FeatureSetSpec
+from samcache.features.store import view_array_name
 from samcache.features.taps import TapRecorder
 from samcache.progress import progress_bar
+from samcache.views import apply_view
 from samcache.zarrio import ItemLedger
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class EncodedBatch:
     taps: dict[str, torch.Tensor]  # host tensors (pinned on CUDA), storage dtype
     finite: torch.Tensor  # (n_taps,) bool, host
     ready: torch.cuda.Event | None  # set when the copies to the host are done
+    items: np.ndarray | None = None  # the rows of a view batch (None: start..stop)
+    views: dict[str, EncodedBatch] | None = None  # the training images' other views
 
 
 def autocast_factory(
@@ -145,6 +149,14 @@ def run_pipeline(
     recorder = TapRecorder(encoder, fset.taps)
     pre = SamPreprocess(fset.spec)
     arrays = {t.ref: g[t.array_name] for t in fset.taps}
+    extra_views = [v for v in fset.views if v != "identity"]
+    view_arrays = {
+        v: {t.ref: g[view_array_name(t.array_name, v)] for t in fset.taps} for v in extra_views
+    }
+    is_train = None  # training rows, which alone get the extra views
+    if extra_views:
+        is_train = np.zeros(ds.n_items, dtype=bool)
+        is_train[ds.indices("train")] = True
     autocast = autocast_factory(device, fset.compute_dtype)
     pin = device.type == "cuda"
 
@@ -159,10 +171,17 @@ def run_pipeline(
                 if stop.is_set():
                     break
                 t0 = time.perf_counter()
-                resized = torch.from_numpy(pre.resize(np.asarray(ds.images[a:b])))
+                images = np.asarray(ds.images[a:b])
+                resized = torch.from_numpy(pre.resize(images))
                 resized = resized.pin_memory() if pin else resized
+                train = np.flatnonzero(is_train[a:b]) if is_train is not None else []
+                views = {}
+                for v in extra_views if len(train) else []:  # the image transformed, then SAM's
+                    turned = np.stack([apply_view(images[j], v, axes=(0, 1)) for j in train])
+                    x = torch.from_numpy(pre.resize(turned))
+                    views[v] = (a + train, x.pin_memory() if pin else x)
                 busy["load"] += time.perf_counter() - t0
-                loaded.put((a, b, resized))
+                loaded.put((a, b, resized, views))
         except BaseException as err:  # surfaced in the main thread
             errors.append(err)
         finally:
@@ -180,6 +199,15 @@ def run_pipeline(
             )
         for name, y in batch.taps.items():
             arrays[name][batch.start : batch.stop] = y.numpy()
+        for v, vb in (batch.views or {}).items():
+            if vb.ready is not None:
+                vb.ready.synchronize()
+            bad = [n for n, ok in zip(vb.taps, vb.finite.tolist(), strict=True) if not ok]
+            if bad:
+                raise FloatingPointError(f"taps {bad} of view {v} are not finite")
+            for name, y in vb.taps.items():
+                for j, item in enumerate(vb.items):
+                    view_arrays[v][name][int(item)] = y[j].numpy()
         ledger.mark(batch.start, batch.stop)  # only after every tap of the batch is on disk
 
     def writer() -> None:
@@ -208,13 +236,18 @@ def run_pipeline(
     loader_done = False
     try:
         while (item := loaded.get()) is not None:
-            a, b, resized = item
+            a, b, resized, views = item
             t0 = time.perf_counter()
             x = pre.to_input(resized, device)
             if chosen == "auto":
                 chosen = choose_attention(recorder, x[:1], autocast)
                 g.attrs["attention"] = chosen  # before any batch is flagged: resumes reuse it
             encoded = encode_batch(recorder, fset, x, autocast, a, b)
+            encoded.views = {}
+            for v, (rows, xv) in views.items():
+                vb = encode_batch(recorder, fset, pre.to_input(xv, device), autocast, a, b)
+                vb.items = rows
+                encoded.views[v] = vb
             busy["encode"] += time.perf_counter() - t0
             written.put(encoded)
             if errors:

@@ -199,11 +199,15 @@ class FeatureSetSpec:
     compute_dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast on CUDA)
     dataset_id: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    views: tuple[str, ...] = ("identity",)  # samcache.views: extra views of training images
 
     def __post_init__(self) -> None:
+        from samcache.views import check_views  # numpy only
+
         enc = encoder_spec(self.encoder)
         for t in self.taps:
             t.validate(enc)
+        check_views(self.views)
 
     @property
     def spec(self) -> EncoderSpec:
@@ -236,6 +240,13 @@ class FeatureSetSpec:
                 {"name": t.name, "grid": t.stored_grid(enc), "dtype": t.dtype} for t in self.taps
             ],
             **({"extra": dict(self.extra)} if self.extra else {}),
+            # views beyond the identity, of the training split's images (absent: identity only,
+            # so caches without views keep their keys)
+            **(
+                {"views": {"names": list(self.views), "items": "train split"}}
+                if self.views != ("identity",)
+                else {}
+            ),
         }
 
     def key(self) -> str:
@@ -315,6 +326,7 @@ def feature_set_from_config(cfg: Mapping[str, Any], dataset_id: str) -> FeatureS
         ),
         compute_dtype=cfg.get("compute_dtype", "float32"),
         dataset_id=dataset_id,
+        views=tuple(cfg.get("views", ("identity",))),
     )
 
 

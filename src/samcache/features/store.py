@@ -49,6 +49,11 @@ def create_store_atomically(path: Path, build: Callable[[zarr.Group], None]) -> 
     return open_group(path, "r+")
 
 
+def view_array_name(array: str, view: str) -> str:
+    """The array of a tap under a view: the tap's own array for the identity."""
+    return array if view == "identity" else f"{array}__{view}"
+
+
 @dataclass(frozen=True)
 class TapInfo:
     name: str
@@ -105,18 +110,28 @@ class FeatureStore:
             out[info.ref] = info
         return out
 
-    def array(self, tap: str) -> zarr.Array:
-        """The array of tap ``tap``: a reference, or a name stored at one grid only."""
+    @property
+    def views(self) -> tuple[str, ...]:
+        """``identity`` and the views cached for training images (``samcache.views``)."""
+        return tuple(self.attrs.get("views", ["identity"]))
+
+    def array(self, tap: str, view: str = "identity") -> zarr.Array:
+        """The array of tap ``tap`` (a reference, or a name stored at one grid only) under
+        ``view``."""
         taps = self.taps
-        if tap in taps:
-            return self.group[taps[tap].array]
         same_name = [t for t in taps.values() if t.name == tap]
-        if len(same_name) == 1:
-            return self.group[same_name[0].array]
-        raise StoreError(
-            f"{self.path}: no tap '{tap}'; the cache holds {sorted(taps)}"
-            + (" (name the grid: '<tap>@<grid>')" if same_name else "")
-        )
+        if tap in taps:
+            info = taps[tap]
+        elif len(same_name) == 1:
+            info = same_name[0]
+        else:
+            raise StoreError(
+                f"{self.path}: no tap '{tap}'; the cache holds {sorted(taps)}"
+                + (" (name the grid: '<tap>@<grid>')" if same_name else "")
+            )
+        if view not in self.views:
+            raise StoreError(f"{self.path}: no view '{view}'; the cache holds {list(self.views)}")
+        return self.group[view_array_name(info.array, view)]
 
     def read(self, tap: str, indices: np.ndarray) -> np.ndarray:
         """Rows ``indices`` of a tap, in the given order."""

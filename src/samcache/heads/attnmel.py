@@ -69,6 +69,7 @@ class VGGHead(RoiRegularised):
     """Shared construction: a VGG-16 backbone, the loss settings and checkpoint loading."""
 
     requires: ClassVar[frozenset[str]] = frozenset({"image"})
+    pretrained_backbone = True
 
     def __init__(
         self,
@@ -175,6 +176,8 @@ class MelCNN(VGGHead):
 class AttnMelCNN(VGGHead):
     """Attention gates on pool-3 and pool-4 guided by pool-5; attended GAPs + GAP of pool-5."""
 
+    unused_args = frozenset({"roi_weights", "roi_attributes"})  # no ROI: focal loss alone
+
     def __init__(
         self,
         n_outputs: int,
@@ -209,16 +212,19 @@ class AttnMelCNN(VGGHead):
 @register_head("attnmel_cnn_lesion")
 class AttnMelCNNLesion(AttnMelCNN):
     roi = "lesion"
+    unused_args = frozenset({"roi_attributes"})  # attribute masks only define the dermo ROI
     requires = frozenset({"image", "lesion_mask"})
 
 
 @register_head("attnmel_cnn_dermo")
 class AttnMelCNNDermo(AttnMelCNN):
     roi = "dermo"
+    unused_args = frozenset()
     requires = frozenset({"image", "attributes"})
 
 
 @register_head("attnmel_cnn_bkg")
 class AttnMelCNNBkg(AttnMelCNN):
     roi = "background"
+    unused_args = frozenset({"roi_attributes"})  # attribute masks only define the dermo ROI
     requires = frozenset({"image", "lesion_mask"})

@@ -3,8 +3,8 @@
 A backbone is named by its timm name (``resnet152``, ``senet154``, ``swinv2_base_window8_256``,
 or a tiny one such as ``test_resnet`` for the demo). It is never downloaded: ``checkpoint`` is
 a local file (a timm/PyTorch state dict, ``.pth``/``.pt``/``.bin`` loaded with
-``torch.load(weights_only=True)``, or ``.safetensors``); without one the weights are random and
-a warning says so.
+``torch.load(weights_only=True)``, or ``.safetensors``); without one the weights are random,
+which a method must ask for with ``init: random`` (``samcache.backbone_init``).
 
 ``StagedBackbone`` runs the model's own ``forward_features`` and lets a caller rewrite the output
 of each *stage* on the way through (forward hooks that return a replacement). The stages are
@@ -85,12 +85,8 @@ def build_backbone(
     if checkpoint:
         load_backbone_state(model, checkpoint)
         log.info("backbone %s: weights from %s", name, checkpoint)
-    else:
-        log.warning(
-            "backbone %s: random initialisation (no head_args.checkpoint given); the paper's "
-            "backbones start from ImageNet weights",
-            name,
-        )
+    else:  # only methods that say init: random get here (samcache.backbone_init)
+        log.info("backbone %s: random initialisation", name)
     return model
 
 

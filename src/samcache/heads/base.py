@@ -27,6 +27,12 @@ class Head(nn.Module):
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: ``head_args`` the shared constructor takes but this variant does not use: refused by name
+    #: (``build_head``), since a setting accepted and ignored looks as if it changed something.
+    unused_args: ClassVar[frozenset[str]] = frozenset()
+    #: True for heads with a trainable backbone that starts from an ImageNet checkpoint unless
+    #: the method says ``init: random`` (``samcache.backbone_init``).
+    pretrained_backbone: ClassVar[bool] = False
 
     @classmethod
     def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any) -> Head:
@@ -75,4 +81,16 @@ def build_head(
     name: str, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any
 ) -> Head:
     """Build head ``name`` for ``n_outputs`` logits from inputs of the given shapes."""
-    return head_class(name).from_shapes(n_outputs=n_outputs, input_shapes=input_shapes, **kwargs)
+    cls = head_class(name)
+    refuse_unused_args(name, cls, kwargs)
+    return cls.from_shapes(n_outputs=n_outputs, input_shapes=input_shapes, **kwargs)
+
+
+def refuse_unused_args(name: str, cls: type[Head], kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``head_args`` that head ``name`` accepts through a shared constructor but ignores."""
+    ignored = sorted(cls.unused_args & set(kwargs))
+    if ignored:
+        raise ValueError(
+            f"head '{name}' does not use head_args {ignored}; remove them from the method "
+            "(they would change nothing)"
+        )

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from samcache.backbone_init import init_info
 from samcache.heads.backbones import StagedBackbone, build_backbone
 from samcache.heads.base import Head, register_head
 
@@ -29,12 +30,15 @@ def staged_backbone(
     """The named timm backbone, probed at the run's image size."""
     image_size = int(input_shapes["image"][-1])
     model = build_backbone(name, checkpoint=checkpoint, **dict(backbone_args or {}))
-    return StagedBackbone(model, image_size)
+    staged = StagedBackbone(model, image_size)
+    staged.init_info = init_info(checkpoint)  # checked against the published hash, if any
+    return staged
 
 
 @register_head("backbone")
 class BackboneClassifier(Head):
     requires = frozenset({"image"})
+    pretrained_backbone = True
 
     def __init__(
         self,
@@ -46,6 +50,7 @@ class BackboneClassifier(Head):
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.info = dict(getattr(backbone, "init_info", {}))  # into the run record
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(backbone.num_features + extra_features, n_outputs)
 

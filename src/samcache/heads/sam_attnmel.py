@@ -55,6 +55,7 @@ class SamAttnMel(RoiRegularised):
     requires: ClassVar[frozenset[str]] = frozenset({"taps"})
     attention_frame: ClassVar[str] = "sam_square"
     use_attention: ClassVar[bool] = True
+    unused_args = frozenset({"roi_weights", "roi_attributes"})  # no ROI: focal loss alone
 
     def __init__(
         self,
@@ -144,21 +145,25 @@ register_head("sam_attnmel")(SamAttnMel)
 @register_head("sam_attnmel_lesion")
 class SamAttnMelLesion(SamAttnMel):
     roi = "lesion"
+    unused_args = frozenset({"roi_attributes"})
     requires = frozenset({"taps", "lesion_mask"})
 
 
 @register_head("sam_attnmel_dermo")
 class SamAttnMelDermo(SamAttnMel):
     roi = "dermo"
+    unused_args = frozenset()
     requires = frozenset({"taps", "attributes"})
 
 
 @register_head("sam_attnmel_bkg")
 class SamAttnMelBkg(SamAttnMel):
     roi = "background"
+    unused_args = frozenset({"roi_attributes"})
     requires = frozenset({"taps", "lesion_mask"})
 
 
 @register_head("sam_mel")
 class SamMel(SamAttnMel):
     use_attention = False
+    unused_args = frozenset({"attn_channels", "roi_weights", "roi_attributes"})

@@ -52,6 +52,7 @@ def samaug_c_image(image: torch.Tensor, prior: torch.Tensor, floor: float = 0.0)
 @register_head("samaug_c")
 class SamAugC(Head):
     requires = frozenset({"image", "sam_prior"})
+    pretrained_backbone = True
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class SamAugC(Head):
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"head_args.floor must lie in [0, 1], not {floor}")
         self.raw, self.augmented = raw, augmented
+        self.info = dict(raw.info)  # both branches start from the same weights
         self.weight_raw, self.floor = weight_raw, floor
 
     @classmethod

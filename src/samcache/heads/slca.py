@@ -245,6 +245,11 @@ class SamFusionHead(BackboneClassifier):
         stage_taps: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> Head:
+        if "slap_kernel" in kwargs and kwargs.get("slap", "grid") != "window":
+            raise ValueError(
+                f"head '{cls.__name__}' does not use head_args ['slap_kernel'] unless slap is "
+                "'window'; remove it"
+            )
         taps = {name: int(shape[0]) for name, shape in input_shapes["taps"].items()}
         net = staged_backbone(backbone, input_shapes, checkpoint, backbone_args)
         return cls(net, n_outputs, taps, list(stage_taps or taps), **kwargs)
@@ -263,17 +268,20 @@ class SamFusionHead(BackboneClassifier):
 
 @register_head("sam_add")
 class SamAdd(SamFusionHead):
-    fusion = "add"
+    fusion = "add"  # no attention: neither a bottleneck (reduction) nor a residual form
+    unused_args = frozenset({"reduction", "residual", "projector_tap"})
 
 
 @register_head("sam_sigmoid")
 class SamSigmoid(SamFusionHead):
-    fusion = "sigmoid"
+    fusion = "sigmoid"  # one 1x1 projection, no bottleneck
+    unused_args = frozenset({"reduction", "projector_tap"})
 
 
 @register_head("sam_slca")
 class SamSLCA(SamFusionHead):
     fusion = "slca"
+    unused_args = frozenset({"projector_tap"})
 
 
 @register_head("sam_slca_projector")

@@ -8,13 +8,13 @@ into it. ``width < 1`` scales every stage's channels (the demo's fast, reduced-w
 Weights start random (torchvision's VGG initialisation). Seed 001 fine-tunes an ImageNet
 checkpoint; samcache never downloads at run time, so a checkpoint is a local file named in the
 method's ``head_args.checkpoint`` (e.g. torchvision's ``vgg16_bn-6c64b313.pth``), read with
-``torch.load(weights_only=True)``. When none is named, or the named file is absent, the run
-logs a warning and trains from random weights; the run record's ``head_info`` says which.
+``torch.load(weights_only=True)``. A named file that is absent is an error; random weights
+are for methods that say ``init: random`` (``samcache.backbone_init``). The run record's
+``head_info`` says which.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from samcache.backbone_init import init_info
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +79,6 @@ class VGGBackbone(nn.Module):
         return out
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_checkpoint_into(
     modules: Mapping[str, nn.Module], checkpoint: str | Path | None, *, key: str
 ) -> dict[str, Any]:
@@ -93,25 +87,17 @@ def load_checkpoint_into(
     ``modules`` maps a key prefix of the checkpoint (``features``, ``classifier.0``) to the
     module that receives the tensors under it. A file that exists but does not fit (missing
     tensors, other shapes: e.g. a ``vgg16`` file for a batch-norm backbone, or a width other
-    than 1) is an error naming the file; an absent file is a warning, and weights stay random.
+    than 1) is an error naming the file, and so is an absent file.
     """
-    if checkpoint is None:
-        log.warning(
-            "%s is not set: the backbone starts from random weights (seed 001 fine-tunes "
-            "ImageNet weights; name a local torchvision checkpoint there to do the same)",
-            key,
-        )
-        return {"backbone_init": "random"}
+    if checkpoint is None:  # only methods that say init: random get here
+        return init_info(None)
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        log.warning(
-            "%s: checkpoint %s is absent; the backbone starts from random weights. Put the "
-            "file there (samcache downloads nothing at run time) or set %s to null.",
-            key,
-            path,
-            key,
+        raise FileNotFoundError(
+            f"{key}: checkpoint {path} does not exist; place the file there (samcache downloads "
+            "nothing at run time) or set 'init: random' on the method"
         )
-        return {"backbone_init": f"random (checkpoint {path} absent)"}
+    info = init_info(path)  # refuses a file whose hash differs from the published one
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
@@ -124,4 +110,4 @@ def load_checkpoint_into(
                 f"{key}: checkpoint {path} does not fit the backbone's '{prefix}' layers "
                 f"(is it a VGG-16 file with the same batch_norm setting and width 1?): {err}"
             ) from None
-    return {"backbone_init": f"checkpoint {path}", "checkpoint_sha256": file_sha256(path)}
+    return info
