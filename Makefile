@@ -7,8 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
-# The demo's config is complete in itself: it replaces config.yaml instead of overlaying it.
-DEMO := --configfile workflow/config/demo.yaml --replace-workflow-config
+# The demo's config is complete in itself (standalone: true): config.yaml is not read.
+DEMO := --configfile workflow/config/demo.yaml
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo demo-tables test lint dry-run report clean-demo help

@@ -9,7 +9,21 @@ from pathlib import Path
 #   snakemake --cores all --configfile workflow/config/demo.yaml --replace-workflow-config   # the embedded demo
 
 
-configfile: Path(workflow.basedir) / "config.yaml"
+def standalone_config_given():
+    """Whether a --configfile says `standalone: true`: a complete config (the demo's) that
+    config.yaml must not be merged under. Unlike --replace-workflow-config, which Snakemake does
+    not pass on to the jobs it submits to a cluster, this holds in every process."""
+    from snakemake.common.configfile import load_configfile
+
+    return any(
+        (load_configfile(f) or {}).get("standalone")
+        for f in workflow.overwrite_configfiles
+    )
+
+
+if not standalone_config_given():
+
+    configfile: Path(workflow.basedir) / "config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -1,6 +1,6 @@
 """Wall and CPU time of the demo's tables, built from nothing the way a user asks for them.
 
-Runs ``snakemake --cores N <targets>`` on the demo config (``--replace-workflow-config``) in a
+Runs ``snakemake --cores N <targets>`` on the demo config (standalone: no config.yaml) in a
 fresh working directory: dataset store, caches, every run the targets need, the tables. The
 default target is ``all_tables`` (what ``make demo-tables`` builds). Prints and writes to
 ``benchmarks/out/demo_tables.json``: the wall time, the CPU seconds of all jobs (user + system,
@@ -52,7 +52,6 @@ def snakemake_cmd(
         "--configfile",
         str(REPO / "workflow/config/demo.yaml"),
         *map(str, overlays),
-        "--replace-workflow-config",
         "--cores",
         str(cores),
         *targets,

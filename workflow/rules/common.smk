@@ -194,7 +194,21 @@ def method_spec(name, dataset=None):
 
 
 def train_on_cuda(method, dataset):
-    return method_spec(method, dataset)["train"]["device"].startswith("cuda")
+    return resolved_method(method, dataset)["train"]["device"].startswith("cuda")
+
+
+def training_gpus(on_cuda, resource):
+    """What a job that trains on CUDA asks for: one `gpu_slot` of the card on a workstation
+    (several light runs share it; the profile sets how many), a whole `gpu` from a cluster's
+    scheduler, which cannot share one between jobs."""
+    if not on_cuda:
+        return 0
+    return int((resource == "gpu_slot") == bool(workflow.local_exec))
+
+
+def training_mem_mb():
+    """Memory of a training process: its resident inputs (sweep.memory_gb) and 2 GiB more."""
+    return int((config["sweep"]["memory_gb"] + 2) * 1024)
 
 
 def gpu_slots():
@@ -341,6 +355,10 @@ def batch_runs(batch):
             "asked for): run snakemake again"
         )
     return batch_plan()[batch]
+
+
+def batch_on_cuda(batch):
+    return run_execution(batch_runs(batch)[0])[0].startswith("cuda")
 
 
 def batch_report(w):

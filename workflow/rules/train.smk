@@ -55,7 +55,8 @@ rule train:
         "../../envs/train.yaml"
     threads: lambda w: method_spec(w.method, w.dataset)["train"]["threads"]
     resources:
-        gpu_slot=lambda w: int(train_on_cuda(w.method, w.dataset)),
+        gpu=lambda w: training_gpus(train_on_cuda(w.method, w.dataset), "gpu"),
+        gpu_slot=lambda w: training_gpus(train_on_cuda(w.method, w.dataset), "gpu_slot"),
     params:
         spec=lambda w: json.dumps(method_spec(w.method, w.dataset), sort_keys=True),
         caches=lambda w, input: cache_args(input),
