@@ -1,27 +1,23 @@
 from pathlib import Path
 
+from snakemake.common.configfile import load_configfile
+
 # samcache: frozen SAM features and SLIC superpixels computed once, many heads trained on top.
 #
 #   snakemake --cores all                                  # every table in `targets`
 #   snakemake --cores all results/tables/<name>.md         # one table and only the runs it needs
 #   snakemake -n results/tables/<name>.md                  # show the plan
 #   snakemake --cores all all_tables                       # every table (config `all_tables`)
-#   snakemake --cores all --configfile workflow/config/demo.yaml --replace-workflow-config   # the embedded demo
+#   snakemake --cores all --configfile workflow/config/demo.yaml       # the embedded demo (standalone)
 
 
-def standalone_config_given():
-    """Whether a --configfile says `standalone: true`: a complete config (the demo's) that
-    config.yaml must not be merged under. Unlike --replace-workflow-config, which Snakemake does
-    not pass on to the jobs it submits to a cluster, this holds in every process."""
-    from snakemake.common.configfile import load_configfile
-
-    return any(
-        (load_configfile(f) or {}).get("standalone")
-        for f in workflow.overwrite_configfiles
-    )
-
-
-if not standalone_config_given():
+# config.yaml (the paper) is the base config, unless a --configfile says `standalone: true` (the
+# demo's): a complete config that config.yaml must not be merged under. Unlike
+# --replace-workflow-config, which Snakemake does not pass on to the jobs it submits to a
+# cluster, this holds in every process.
+if not any(
+    (load_configfile(f) or {}).get("standalone") for f in workflow.overwrite_configfiles
+):
 
     configfile: Path(workflow.basedir) / "config.yaml"
 
