@@ -12,7 +12,8 @@ activation map of ``outputs["cam"]``), following the paper and its authors' eval
 
 The CAM is taken for the positive class of a binary task (melanoma; the authors' choice) and for
 the predicted class otherwise. Results go into the run record's test metrics as
-``jaccard_<map>``: ``jaccard_pool3``, ``jaccard_pool4``, ``jaccard_cam``, ``jaccard_block16``.
+``jaccard_<map>``: ``jaccard_pool3``, ``jaccard_pool4``, ``jaccard_cam``, ``jaccard_block16``;
+the per-image indices and the maps themselves are kept too (``samcache.predictions``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,45 @@ def named_maps(outputs: Mapping[str, Any], task_type: str) -> dict[str, torch.Te
 
 
 @torch.inference_mode()
+def localisation_per_image(
+    forward: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    inputs: RunInputs,
+    items: np.ndarray,
+    *,
+    task_type: str,
+    batch_size: int,
+    frame: str = "image",
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per exposed map: the (N,) Jaccard index of each of ``items`` and the (N, h, w) maps as
+    the head gives them (float32, before any upsampling; the CAM of the class scored).
+
+    Both are empty without maps or lesion masks.
+    """
+    if not inputs.ds.has_lesion_mask or len(items) == 0:
+        return {}, {}
+    items = np.asarray(items)
+    scores: dict[str, list[np.ndarray]] = {}
+    raw: dict[str, list[np.ndarray]] = {}
+    all_masks = None
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        maps = named_maps(forward(inputs.batch(chunk)), task_type)
+        if not maps:
+            return {}, {}
+        if all_masks is None:
+            all_masks = inputs.lesion_masks(items)
+        masks = all_masks[start : start + batch_size]
+        for name, m in maps.items():
+            m = m.float().cpu()
+            pred = binarise(maps_to_mask_frame(m, masks.shape[1:], frame).numpy())
+            scores.setdefault(name, []).append(jaccard_per_image(pred, masks))
+            raw.setdefault(name, []).append(m[:, 0].numpy())
+    return (
+        {name: np.concatenate(v) for name, v in scores.items()},
+        {name: np.concatenate(v) for name, v in raw.items()},
+    )
+
+
 def localisation_metrics(
     forward: Callable[[Mapping[str, Any]], Mapping[str, Any]],
     inputs: RunInputs,
@@ -81,20 +121,7 @@ def localisation_metrics(
     frame: str = "image",
 ) -> dict[str, float]:
     """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks."""
-    if not inputs.ds.has_lesion_mask or len(items) == 0:
-        return {}
-    items = np.asarray(items)
-    totals: dict[str, float] = {}
-    all_masks = None
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        maps = named_maps(forward(inputs.batch(chunk)), task_type)
-        if not maps:
-            return {}
-        if all_masks is None:
-            all_masks = inputs.lesion_masks(items)
-        masks = all_masks[start : start + batch_size]
-        for name, m in maps.items():
-            pred = binarise(maps_to_mask_frame(m.cpu(), masks.shape[1:], frame).numpy())
-            totals[name] = totals.get(name, 0.0) + float(jaccard_per_image(pred, masks).sum())
-    return {f"jaccard_{name}": total / len(items) for name, total in totals.items()}
+    per_image, _ = localisation_per_image(
+        forward, inputs, items, task_type=task_type, batch_size=batch_size, frame=frame
+    )
+    return {f"jaccard_{name}": float(v.mean()) for name, v in per_image.items()}
