@@ -199,3 +199,9 @@ def test_holm_adjusts_like_the_textbook_example():
     out = holm([0.5, np.nan, 0.01])
     assert np.isnan(out[1]) and out[2] == pytest.approx(0.02) and out[0] == pytest.approx(0.5)
     np.testing.assert_allclose(holm([0.9, 0.8]), [1.0, 1.0])  # capped at 1
+
+
+def test_delong_without_two_images_of_each_class_has_no_p_value():
+    y = np.array([1, 0, 0, 0])
+    res = delong_test(y, np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.2, 0.1, 0.4, 0.3]))
+    assert res.estimate == pytest.approx(1 - 1 / 3) and np.isnan(res.p_value)

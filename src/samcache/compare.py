@@ -15,6 +15,7 @@ same direction. Values are in percentage points, as the table's cells are in per
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from samcache.paired import (
     seed_interval,
 )
 from samcache.predictions import Predictions, load_predictions
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {"confidence": 0.95, "alpha": 0.05, "resamples": 9999, "correction": "holm"}
 UP, DOWN = "▲", "▼"
@@ -155,6 +158,15 @@ def compare_table(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]])
                             confidence=cfg["confidence"],
                             resamples=cfg["resamples"],
                         )
+                        if not np.isfinite(res.p_value):
+                            log.warning(
+                                "%s vs %s: no %s test of %s (too few test images of a class); "
+                                "left out of the comparisons' correction",
+                                ra.get("_path"),
+                                rb.get("_path"),
+                                res.method,
+                                metric,
+                            )
                         diff = ra["metrics"]["test"][metric] - rb["metrics"]["test"][metric]
                         cell.append((seed, diff, res))
                     over = seed_interval(np.array([d for _, d, _ in cell]), cfg["confidence"])

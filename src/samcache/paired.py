@@ -107,6 +107,9 @@ def delong_test(
     """DeLong's test for two correlated ROC curves: AUC of ``scores_a`` minus that of ``b``."""
     a10, a01 = delong_placements(labels, scores_a)
     b10, b01 = delong_placements(labels, scores_b)
+    if len(a10) < 2 or len(a01) < 2:  # no variance estimate from a single placement
+        diff = float(a10.mean() - b10.mean())
+        return PairedResult(diff, np.nan, np.nan, np.nan, "DeLong")
     aucs, cov = delong_covariance(np.stack([a10, b10]), np.stack([a01, b01]))
     return delong_difference(aucs, cov, confidence)
 

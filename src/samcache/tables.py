@@ -378,10 +378,17 @@ def write_table(
     tex: str | Path | None = None,
     compare_csv: str | Path | None = None,
     html: str | Path | None = None,
+    rescore: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
+    """Every output of a table from its run records. With ``rescore`` (scorers by name, see
+    ``samcache.rescore``), the metrics are first recomputed from the runs' stored predictions."""
     from samcache.compare import COLUMNS, compare_table, pairs
 
     records = load_records(record_paths)
+    if rescore is not None:
+        from samcache.rescore import rescore_records
+
+        records = rescore_records(records, rescore)
     runs = runs_frame(spec, records)
     summary = summary_frame(spec, runs)
     comp = compare_table(spec, records) if pairs(spec) else pd.DataFrame(columns=COLUMNS)
