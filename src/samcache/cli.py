@@ -275,6 +275,15 @@ def cmd_rescore(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_gallery(a: argparse.Namespace) -> None:
+    from samcache.gallery import write_galleries
+
+    spec = load_spec(a.spec)
+    spec.setdefault("name", Path(a.out).name)
+    written = write_galleries(spec, a.records, a.out, n_images=a.images)
+    log.info("wrote %d galleries into %s", len(written), a.out)
+
+
 def cmd_info(a: argparse.Namespace) -> None:
     from samcache.zarrio import open_group
 
@@ -453,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         s.add_argument("records", nargs="+")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("gallery", help="attention maps, predicted masks and SAM priors as images")
+    s.add_argument("--spec", required=True, help="the table's config entry (JSON or @file)")
+    s.add_argument("--out", required=True, help="folder for the gallery images")
+    s.add_argument("--images", type=int, default=6, help="test images per gallery (6)")
+    s.add_argument("records", nargs="+")
+    s.set_defaults(func=cmd_gallery)
 
     s = sub.add_parser("info", help="print a store's attributes and arrays")
     s.add_argument("path")
