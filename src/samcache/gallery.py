@@ -63,7 +63,11 @@ def _axes(n_rows: int, n_cols: int, side: float = 1.7):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(side * n_cols + 1.6, side * n_rows + 0.6), squeeze=False
+        n_rows,
+        n_cols,
+        figsize=(side * n_cols + 1.6, side * n_rows + 0.6),
+        squeeze=False,
+        layout="constrained",  # leaves room for the title above the top row
     )
     for ax in axes.flat:
         ax.set_xticks([])
@@ -80,7 +84,6 @@ def _save(fig, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -159,6 +159,9 @@ def plot_table(
     for j, panel in enumerate(panels):
         ax = axes[0][j]
         _draw(ax, points[points.panel == panel], lines)
+        # metrics lie in [0, 100] %: a few seeds' t intervals may run past it, the axis does not
+        lo, hi = ax.get_ylim() if lines else ax.get_xlim()
+        (ax.set_ylim if lines else ax.set_xlim)(max(lo, -2.0), min(hi, 102.0))
         ax.set_title(panel, fontsize=9)
         if lines:
             ax.set_xlabel("training data (%)")
