@@ -55,7 +55,7 @@ def test_attention_gallery_of_heads_with_maps_and_none_for_heads_without(
         paths.append(out)
     rows = [{"method": "attn", "label": "Attn"}, {"method": "gap", "label": "GAP"}, "lin"]
     written = write_galleries(spec(rows), paths, tmp_path / "g", n_images=4)
-    assert [p.name for p in written] == ["attention_small_melanoma.png"]
+    assert [p.name for p in written] == ["attention_small_melanoma.jpg"]
     image = imread(written[0])
     # four columns of test images; rows: the images, pool3, pool4, CAM
     assert image.shape[1] > image.shape[0] * 0.6 and image.shape[0] > 4 * 1.7 * 100
@@ -102,11 +102,11 @@ def test_segmentation_gallery_from_a_prediction_store(tmp_path, small_store):
     pred = load_predictions(rec, record)
     assert pred.open_store()["masks/lesion"].shape == truth.shape
     written = write_galleries(spec(["seg"]), [record], tmp_path / "g")
-    assert [p.name for p in written] == ["segmentation_seg_small_melanoma.png"]
+    assert [p.name for p in written] == ["segmentation_seg_small_melanoma.jpg"]
     wrong = _masks_run(tmp_path / "w", small_store, predicted[:, :8, :8], items)
     with pytest.raises(ValueError, match=r"masks/lesion has shape .* dataset's mask size"):
         segmentation_gallery("x", load_predictions(json.loads(wrong.read_text()), wrong),
-                             small_store.path, tmp_path / "x.png", "x")  # fmt: skip
+                             small_store.path, tmp_path / "x.jpg", "x")  # fmt: skip
 
 
 def test_sam_prior_panels_are_the_image_weighted_by_the_prior(tmp_path, small_store):

@@ -2,17 +2,17 @@
 
 Per block of a table, from the runs of its first seed at its largest fraction:
 
-* ``attention_<dataset>_<task>.png``: test images with the lesion outline, then, for every row
+* ``attention_<dataset>_<task>.jpg``: test images with the lesion outline, then, for every row
   whose runs expose attention maps (and CAMs), each map over the image with the outline, as
   seed 001's figure of attention maps. The images span the first such map's per-image Jaccard
   index from best to worst.
-* ``segmentation_<method>_<dataset>_<task>.png``: for a row whose runs predict masks, the best,
+* ``segmentation_<method>_<dataset>_<task>.jpg``: for a row whose runs predict masks, the best,
   median and worst test image by Jaccard index: the prediction over the image against the
   ground truth's outline.
-* ``sam_prior_<dataset>_<task>.png``: for SAMAug-C rows, test images, SAM's prior maps and the
+* ``sam_prior_<dataset>_<task>.jpg``: for SAMAug-C rows, test images, SAM's prior maps and the
   augmented images the head sees.
 
-A table without such rows gets no gallery (an empty folder).
+Galleries are JPEG images. A table without such rows gets no gallery (an empty folder).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def _save(fig, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
+    # JPEG: photographs and heat maps as PNG make a report of many megabytes
+    fig.savefig(path, dpi=110, pil_kwargs={"quality": 88})
     plt.close(fig)
     return path
 
@@ -246,14 +247,14 @@ def write_galleries(
             chosen.append((row, rec, load_predictions(rec, rec["_path"])))
         attention = [(row["label"], pred) for row, _, pred in chosen if pred.maps()]
         if attention:
-            path = out / f"attention_{stem}.png"
+            path = out / f"attention_{stem}.jpg"
             title = f"Attention maps over test images, lesion outlined ({where})"
             written.append(
                 attention_gallery(attention, chosen[0][1]["dataset_path"], path, title, n_images)
             )
         for row, rec, pred in chosen:
             if pred.store is not None and "masks" in pred.open_store():
-                path = out / f"segmentation_{row['method']}_{stem}.png"
+                path = out / f"segmentation_{row['method']}_{stem}.jpg"
                 title = f"{row['label']}: predicted masks, ground truth outlined ({where})"
                 written.append(
                     segmentation_gallery(row["label"], pred, rec["dataset_path"], path, title)
@@ -261,7 +262,7 @@ def write_galleries(
         samaug = [(row, rec, pred) for row, rec, pred in chosen if rec.get("sam_prior_path")]
         if samaug:
             row, rec, pred = samaug[0]
-            path = out / f"sam_prior_{stem}.png"
+            path = out / f"sam_prior_{stem}.jpg"
             title = f"SAMAug-C: SAM's prior maps and the augmented images ({row['label']}, {where})"
             written.append(sam_prior_gallery(rec, pred, path, title, n_images))
     log.info("wrote %d galleries into %s", len(written), out)

@@ -45,7 +45,7 @@ rule gallery:
     output:
         report(
             directory("results/galleries/{table}"),
-            patterns=["{name}.png"],
+            patterns=["{name}.jpg"],
             caption="../report/gallery.rst",
             category="Galleries",
             labels=lambda w: {"table": w.table, "gallery": "{name}"},
