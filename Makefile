@@ -19,7 +19,7 @@ help:
 	@echo "make test      run the test suite (unit tests and one end-to-end demo run)"
 	@echo "make lint      ruff, snakefmt and snakemake --lint"
 	@echo "make dry-run   show the demo's plan without running it"
-	@echo "make report    snakemake --report of the demo's tables and plots"
+	@echo "make report    every demo table, then results/report.html: tables, plots, galleries"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "samcache needs Python >= 3.11; run make PYTHON=/path/to/python3.11")'
@@ -37,8 +37,10 @@ demo-tables: $(STAMP)
 dry-run: $(STAMP)
 	$(BIN)/snakemake --dry-run $(DEMO)
 
+# Every demo table (snakemake all_tables), then one self-contained HTML report of them.
 report: $(STAMP)
-	$(BIN)/snakemake --report results/report.html $(DEMO)
+	$(BIN)/snakemake --cores $(CORES) all_tables $(DEMO)
+	$(BIN)/snakemake --report results/report.html all_tables $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -52,4 +54,4 @@ lint: $(STAMP)
 clean-demo:
 	rm -rf data/stores/demo.zarr cache/features/demo cache/superpixels/demo \
 	  cache/sam_priors/demo results/runs/demo \
-	  results/tables/demo_* logs
+	  results/tables/demo_* results/galleries/demo_* results/report.html logs

@@ -90,3 +90,21 @@ def test_binary_accuracy_follows_medmnist_on_nearly_equal_logits():
         for y in ([0, 0], [1, 1], [0, 1]):
             y = np.array(y)
             assert compute_metrics(y, scores, "binary")["acc"] == getACC(y, scores, "binary-class")
+
+
+@pytest.mark.parametrize("task_type, k", [("binary", 2), ("multiclass", 5), ("multilabel", 4)])
+def test_per_image_accuracy_averages_to_medmnists_accuracy(rng, task_type, k):
+    from samcache.metrics import accuracy_per_image
+
+    if task_type == "multilabel":
+        y = rng.integers(0, 2, (120, k))
+        p = 1 / (1 + np.exp(-rng.normal(size=(120, k))))
+    else:
+        y = rng.integers(0, k, 120)
+        p = _softmax(rng.normal(size=(120, k)))
+    per_image = accuracy_per_image(y, p, task_type)
+    assert per_image.shape == (120,)
+    medmnist_task = {"binary": "binary-class", "multiclass": "multi-class"}.get(
+        task_type, "multi-label, binary-class"
+    )
+    assert per_image.mean() == pytest.approx(getACC(y, p, medmnist_task))

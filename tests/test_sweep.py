@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from samcache import __version__
-from samcache.sweep import RunRef, place_staged, plan_batches, staged_path
+from samcache.sweep import RECORD_SCHEMA, RunRef, place_staged, plan_batches, staged_path
 
 from conftest import REPO
 
@@ -274,7 +274,7 @@ def test_a_staged_record_is_put_in_place_only_if_it_is_the_run_as_configured(tmp
 
     record = tmp_path / "grade" / "lin" / "f50_s2.json"
     rec = {
-        "schema": 1,
+        "schema": RECORD_SCHEMA,
         "task": "grade",
         "method": "lin",
         "fraction": 50.0,

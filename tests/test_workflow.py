@@ -76,6 +76,13 @@ def job_counts(output: str) -> dict[str, int]:
             "datasets:\n  demo:\n    source: synthetic\n    n_imgs: 10\n",
             "datasets.demo.n_imgs",
         ),
+        # a baseline must be another row of its table
+        (
+            DEMO,
+            "tables:\n  demo_table1:\n    blocks: [{dataset: demo, task: grade}]\n"
+            "    rows: [sam_tiny_linear, {method: sam_tiny_mlp, baseline: sam_tiny_nope}]\n",
+            "tables.demo_table1: row 'sam_tiny_mlp' names baseline 'sam_tiny_nope'",
+        ),
         # a key of another source (ISIC 2016's validation split) is an error for ISIC 2017
         (
             PAPER,
@@ -254,6 +261,12 @@ def test_demo_dag_end_to_end(tmp_path):
     assert (tmp_path / "results/tables/demo_table1.png").exists()
     runs = pd.read_csv(tmp_path / "results/tables/demo_table1.runs.csv")
     assert len(runs) == 36 and runs.cache_key.nunique() == 1
+    assert (runs.predictions == 120).all()  # every test image of the 600-image demo
+    # the MLP probe against the linear one: 2 blocks x 3 fractions x 2 metrics x 3 seeds
+    comp = pd.read_csv(tmp_path / "results/tables/demo_table1.compare.csv")
+    assert len(comp) == 36 and set(comp.test) == {"DeLong", "permutation"}
+    assert "Paired comparisons" in (tmp_path / "results/tables/demo_table1.html").read_text()
+    assert (tmp_path / "results/galleries/demo_table1").is_dir()  # probes: no maps to show
     rec = json.loads(next((tmp_path / "results/runs").rglob("*.json")).read_text())
     for key in (
         "config",

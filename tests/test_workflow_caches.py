@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from samcache.features.checkpoints import official_checkpoint
-from test_workflow import job_counts, snakemake
 
 from conftest import REPO
+from test_workflow import job_counts, snakemake
 
 # Two feature sets (two feature jobs) on a small synthetic dataset.
 TWO_CACHES = {

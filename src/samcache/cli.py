@@ -233,8 +233,55 @@ def cmd_table(a: argparse.Namespace) -> None:
 
     spec = load_spec(a.spec)
     spec.setdefault("name", Path(a.md).stem)
-    write_table(spec, a.records, a.md, a.csv, a.runs_csv, a.plot, tex=a.tex)
+    write_table(
+        spec,
+        a.records,
+        a.md,
+        a.csv,
+        a.runs_csv,
+        a.plot,
+        tex=a.tex,
+        compare_csv=a.compare_csv,
+        html=a.html,
+    )
     log.info("wrote %s and %s from %d run records", a.md, a.csv, len(a.records))
+
+
+def cmd_rescore(a: argparse.Namespace) -> None:
+    from samcache.rescore import parse_scorer
+    from samcache.tables import write_table
+
+    spec = load_spec(a.spec)
+    spec.setdefault("name", Path(a.md).stem)
+    scorers = dict(parse_scorer(m) for m in a.metric or [])
+    write_table(
+        spec,
+        a.records,
+        a.md,
+        a.csv,
+        a.runs_csv,
+        a.plot,
+        tex=a.tex,
+        compare_csv=a.compare_csv,
+        html=a.html,
+        rescore=scorers,
+    )
+    log.info(
+        "rescored %d run records from their stored predictions%s: wrote %s and %s",
+        len(a.records),
+        f" (with {', '.join(scorers)})" if scorers else "",
+        a.md,
+        a.csv,
+    )
+
+
+def cmd_gallery(a: argparse.Namespace) -> None:
+    from samcache.gallery import write_galleries
+
+    spec = load_spec(a.spec)
+    spec.setdefault("name", Path(a.out).name)
+    written = write_galleries(spec, a.records, a.out, n_images=a.images)
+    log.info("wrote %d galleries into %s", len(written), a.out)
 
 
 def cmd_info(a: argparse.Namespace) -> None:
@@ -392,15 +439,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_train_batch)
 
-    s = sub.add_parser("table", help="aggregate run records into a paper-shaped table")
-    s.add_argument("--spec", required=True)
-    s.add_argument("--md", required=True)
-    s.add_argument("--csv", required=True)
-    s.add_argument("--runs-csv", help="also write one row per run with its provenance")
-    s.add_argument("--plot", help="also write a PNG of the metrics against the fraction")
-    s.add_argument("--tex", help="also write the table as LaTeX (booktabs)")
+    for verb, func, text in (
+        ("table", cmd_table, "aggregate run records into a paper-shaped table"),
+        ("rescore", cmd_rescore, "a table with its metrics recomputed from stored predictions"),
+    ):
+        s = sub.add_parser(verb, help=text)
+        s.add_argument("--spec", required=True, help="the table's config entry (JSON or @file)")
+        s.add_argument("--md", required=True)
+        s.add_argument("--csv", required=True)
+        s.add_argument("--runs-csv", help="also write one row per run with its provenance")
+        s.add_argument("--plot", help="also write a PNG of the metrics (and differences)")
+        s.add_argument("--tex", help="also write the table as LaTeX (booktabs)")
+        s.add_argument("--compare-csv", help="also write the paired comparisons, one row per seed")
+        s.add_argument("--html", help="also write the table as a self-contained HTML page")
+        if verb == "rescore":
+            s.add_argument(
+                "--metric",
+                action="append",
+                metavar="NAME=MODULE:FUNCTION",
+                help="also compute NAME with FUNCTION(labels, scores) (repeatable); a table "
+                "shows it when its spec lists NAME",
+            )
+        s.add_argument("records", nargs="+")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("gallery", help="attention maps, predicted masks and SAM priors as images")
+    s.add_argument("--spec", required=True, help="the table's config entry (JSON or @file)")
+    s.add_argument("--out", required=True, help="folder for the gallery images")
+    s.add_argument("--images", type=int, default=6, help="test images per gallery (6)")
     s.add_argument("records", nargs="+")
-    s.set_defaults(func=cmd_table)
+    s.set_defaults(func=cmd_gallery)
 
     s = sub.add_parser("info", help="print a store's attributes and arrays")
     s.add_argument("path")

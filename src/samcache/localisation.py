@@ -12,7 +12,8 @@ activation map of ``outputs["cam"]``), following the paper and its authors' eval
 
 The CAM is taken for the positive class of a binary task (melanoma; the authors' choice) and for
 the predicted class otherwise. Results go into the run record's test metrics as
-``jaccard_<map>``: ``jaccard_pool3``, ``jaccard_pool4``, ``jaccard_cam``, ``jaccard_block16``.
+``jaccard_<map>``: ``jaccard_pool3``, ``jaccard_pool4``, ``jaccard_cam``, ``jaccard_block16``;
+the per-image indices and the maps themselves are kept too (``samcache.predictions``).
 
 The authors' CAM evaluation takes the other order: the CAM is min-max normalised and binarised
 at its own 7 x 7 resolution, the binary map is resized bilinearly to the mask (which leaves soft
@@ -109,6 +110,57 @@ def centre_window(masks: np.ndarray, crop: int, input_side: int | None) -> np.nd
 
 
 @torch.inference_mode()
+def localisation_per_image(
+    forward: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    inputs: RunInputs,
+    items: np.ndarray,
+    *,
+    task_type: str,
+    batch_size: int,
+    frame: str = "image",
+    crop: int | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per exposed map: the (N,) Jaccard index of each of ``items`` and the (N, h, w) maps as
+    the head gives them (float32, before any upsampling; the CAM of the class scored). The CAM
+    is also scored in its authors' order (``cam_binarised_first``), which has no map of its own.
+
+    ``crop``: the head was tested on the centre ``crop`` x ``crop`` window of its input (seed
+    001's authors' protocol); the masks are cut to the same window of their own frame, so the
+    maps are scored where the head saw the image (the authors' frame).
+
+    Both are empty without maps or lesion masks.
+    """
+    if not inputs.ds.has_lesion_mask or len(items) == 0:
+        return {}, {}
+    items = np.asarray(items)
+    scores: dict[str, list[np.ndarray]] = {}
+    raw: dict[str, list[np.ndarray]] = {}
+    all_masks = None
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        maps = named_maps(forward(inputs.batch(chunk)), task_type)
+        if not maps:
+            return {}, {}
+        if all_masks is None:
+            all_masks = inputs.lesion_masks(items)
+        masks = all_masks[start : start + batch_size]
+        if crop is not None:
+            masks = centre_window(masks, crop, inputs.image_size)
+        for name, m in maps.items():
+            m = m.float().cpu()
+            pred = binarise(maps_to_mask_frame(m, masks.shape[1:], frame).numpy())
+            scores.setdefault(name, []).append(jaccard_per_image(pred, masks))
+            raw.setdefault(name, []).append(m[:, 0].numpy())
+            if name == "cam":  # the authors' order as well: binarise at 7 x 7, then resize
+                soft = binarised_then_resized(m, masks.shape[1:], frame)
+                first = fuzzy_jaccard_per_image(soft, masks)
+                scores.setdefault("cam_binarised_first", []).append(first)
+    return (
+        {name: np.concatenate(v) for name, v in scores.items()},
+        {name: np.concatenate(v) for name, v in raw.items()},
+    )
+
+
 def localisation_metrics(
     forward: Callable[[Mapping[str, Any]], Mapping[str, Any]],
     inputs: RunInputs,
@@ -119,32 +171,9 @@ def localisation_metrics(
     frame: str = "image",
     crop: int | None = None,
 ) -> dict[str, float]:
-    """Mean Jaccard index per exposed map over ``items``; {} without maps or lesion masks.
-
-    ``crop``: the head was tested on the centre ``crop`` x ``crop`` window of its input (seed
-    001's authors' protocol); the masks are cut to the same window of their own frame, so the
-    maps are scored where the head saw the image (the authors' frame).
-    """
-    if not inputs.ds.has_lesion_mask or len(items) == 0:
-        return {}
-    items = np.asarray(items)
-    totals: dict[str, float] = {}
-    all_masks = None
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        maps = named_maps(forward(inputs.batch(chunk)), task_type)
-        if not maps:
-            return {}
-        if all_masks is None:
-            all_masks = inputs.lesion_masks(items)
-        masks = all_masks[start : start + batch_size]
-        if crop is not None:
-            masks = centre_window(masks, crop, inputs.image_size)
-        for name, m in maps.items():
-            pred = binarise(maps_to_mask_frame(m.cpu(), masks.shape[1:], frame).numpy())
-            totals[name] = totals.get(name, 0.0) + float(jaccard_per_image(pred, masks).sum())
-            if name == "cam":  # the authors' order as well: binarise at 7 x 7, then resize
-                soft = binarised_then_resized(m.cpu(), masks.shape[1:], frame)
-                score = float(fuzzy_jaccard_per_image(soft, masks).sum())
-                totals["cam_binarised_first"] = totals.get("cam_binarised_first", 0.0) + score
-    return {f"jaccard_{name}": total / len(items) for name, total in totals.items()}
+    """Mean Jaccard index per exposed map over ``items`` (``localisation_per_image``); {}
+    without maps or lesion masks."""
+    per_image, _ = localisation_per_image(
+        forward, inputs, items, task_type=task_type, batch_size=batch_size, frame=frame, crop=crop
+    )
+    return {f"jaccard_{name}": float(v.mean()) for name, v in per_image.items()}

@@ -43,6 +43,17 @@ def accuracy(y_true: np.ndarray, scores: np.ndarray, task_type: str) -> float:
     return float(accuracy_score(y_true, scores.argmax(axis=1)))
 
 
+def accuracy_per_image(y_true: np.ndarray, scores: np.ndarray, task_type: str) -> np.ndarray:
+    """(N,) share of each image's labels predicted right: ``accuracy`` is its mean, and paired
+    tests compare two methods image by image. Binary tasks use medmnist's ``p > 0.5`` rule."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    if task_type == "multilabel":
+        return ((scores > 0.5) == (y_true > 0)).mean(axis=1)
+    if task_type == "binary":
+        return ((scores[:, -1] > 0.5) == (y_true > 0)).astype(np.float64)
+    return (scores.argmax(axis=1) == y_true).astype(np.float64)
+
+
 def auc(y_true: np.ndarray, scores: np.ndarray, task_type: str) -> float:
     if task_type == "binary":
         return float(roc_auc_score(y_true, scores[:, -1]))

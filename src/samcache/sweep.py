@@ -39,7 +39,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = 1
+#: 2: records hold per-image test predictions, and name the prediction store beside them.
+RECORD_SCHEMA = 2
 
 
 @dataclass(frozen=True, order=True)
@@ -82,6 +83,39 @@ def staged_log(record: str | Path) -> Path:
     return staged_path(record).with_suffix(".log")
 
 
+def companion_path(record: str | Path) -> Path:
+    """Where a run's prediction store lies: beside its record, ``<record name>.zarr``."""
+    return Path(record).with_suffix(".zarr")
+
+
+def companion_mismatch(path: str | Path, rec: Mapping[str, Any]) -> str | None:
+    """None if the prediction store that record ``rec`` names is beside it and its own.
+
+    Reads only the store's ``zarr.json`` (no zarr import: the Snakefile plans with this module).
+    """
+    pred = rec.get("predictions") or {}
+    if not pred.get("store"):
+        return None
+    store = Path(path).parent / pred["store"]
+    try:
+        attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return f"its prediction store {store} is missing or unreadable"
+    if attrs.get("digest") != pred.get("store_digest"):
+        return f"its prediction store {store} belongs to another record"
+    return None
+
+
+def _replace_dir(src: Path | None, dst: Path) -> None:
+    """``dst`` becomes ``src``; an earlier ``dst`` is renamed aside, then deleted."""
+    if dst.exists():
+        aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, aside)
+        shutil.rmtree(aside)
+    if src is not None:
+        os.replace(src, dst)
+
+
 def record_mismatch(
     path: str | Path, expect: Mapping[str, Any], config: Mapping[str, Any]
 ) -> str | None:
@@ -104,7 +138,7 @@ def record_mismatch(
             return f"{key} is {rec.get(key)!r}, not {want!r}"
     if _canonical(rec.get("config")) != _canonical(config):
         return "trained with other method settings"
-    return None
+    return companion_mismatch(path, rec)
 
 
 def _canonical(obj: Any) -> str:
@@ -114,9 +148,12 @@ def _canonical(obj: Any) -> str:
 def place_staged(
     record: str | Path, expect: Mapping[str, Any], config: Mapping[str, Any], log_to=None
 ) -> bool:
-    """Move a matching staged record (and its training log) to ``record``; False if none.
+    """Move a matching staged record (its prediction store and training log with it) to
+    ``record``; False if none.
 
-    A staged record that does not match stays where it is, for its batch to replace.
+    A staged record that does not match stays where it is, for its batch to replace. The record
+    in place is removed first and the new one moved in last, so a record is never in place
+    beside a prediction store that is not its own.
     """
     staged = staged_path(record)
     why = record_mismatch(staged, expect, config)
@@ -128,16 +165,32 @@ def place_staged(
     if log_to is not None and run_log.is_file():
         log_to.write(run_log.read_text())
         log_to.flush()
-    Path(record).parent.mkdir(parents=True, exist_ok=True)
+    record = Path(record)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
+    names_store = bool((json.loads(staged.read_text()).get("predictions") or {}).get("store"))
+    if names_store or companion_path(record).exists():
+        _replace_dir(companion_path(staged) if names_store else None, companion_path(record))
     os.replace(staged, record)
     run_log.unlink(missing_ok=True)
     return True
 
 
 def stage_copy(record: str | Path) -> None:
-    """Stage a copy of a current record, so that its ``train`` job puts the same one back."""
+    """Stage a copy of a current record (and of its prediction store), so that its ``train``
+    job puts the same ones back."""
     staged = staged_path(record)
     staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.unlink(missing_ok=True)
+    store = companion_path(record)
+    if store.exists():
+        tmp_store = staged.with_name(f".{store.name}.tmp-{os.getpid()}")
+        if tmp_store.exists():
+            shutil.rmtree(tmp_store)
+        shutil.copytree(store, tmp_store)
+        _replace_dir(tmp_store, companion_path(staged))
+    else:
+        _replace_dir(None, companion_path(staged))
     tmp = staged.with_name(f".{staged.name}.tmp-{os.getpid()}")
     shutil.copyfile(record, tmp)
     tmp.replace(staged)
@@ -157,6 +210,7 @@ def tidy_staged(root: str | Path) -> int:
         if same:
             staged.unlink(missing_ok=True)
             staged.with_suffix(".log").unlink(missing_ok=True)
+            _replace_dir(None, companion_path(staged))
             removed += 1
     return removed
 

@@ -8,7 +8,10 @@ run is an error that names it, never an empty cell.
 Files written: ``<name>.md`` (the paper's layout), ``<name>.tex`` (the same as a LaTeX booktabs
 table with the paper's multi-level header), ``<name>.csv`` (every column spelled out as
 block/fraction/metric/stat, mean and std apart) and ``<name>.runs.csv`` (one row per run with its
-metrics, record path, cache key and code version, so every cell traces back to its runs).
+metrics, record path, prediction store, cache key and code version, so every cell traces back to
+its runs), ``<name>.compare.csv`` (the paired comparisons of rows with their baselines, one row
+per seed; ``samcache.compare``) and ``<name>.html`` (the table, its comparisons and provenance
+as one page for the report).
 
 Header levels follow the paper: a table with one fraction (seed 000's ablation Tables III and IV)
 has no fraction level, and one with a single block and a single fraction shows the block in the
@@ -183,6 +186,7 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
                             "sam_prior_key": rec.get("sam_prior_key"),
                             "code_version": rec.get("code_version"),
                             "record": rec.get("_path", ""),
+                            **prediction_columns(rec),
                         }
                     )
     if missing:
@@ -193,6 +197,36 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
             f"table '{spec.get('name', '?')}' lacks {len(missing)} run records:\n  {listed}"
         )
     return pd.DataFrame(rows)
+
+
+def prediction_columns(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """How many test images the record holds predictions of, and its prediction store ("" for
+    a run whose predictions are all in the record)."""
+    pred = rec.get("predictions") or {}
+    store = pred.get("store")
+    return {
+        "predictions": len(pred.get("items", [])),
+        "prediction_store": str(Path(rec.get("_path", "")).parent / store) if store else "",
+    }
+
+
+def display_marks(spec: Mapping[str, Any], comp: pd.DataFrame | None) -> dict[tuple, str]:
+    """Significance marks (``samcache.compare``) by (summary row label, column without stat)."""
+    from samcache.compare import cell_marks
+
+    if comp is None or comp.empty:
+        return {}
+    rows = {r["method"]: r for r in normalise_rows(spec["rows"])}
+    several = len(spec["fractions"]) > 1
+    out = {}
+    for (b, method, frac, metric), mark in cell_marks(comp).items():
+        block, row = block_label(spec["blocks"][b]), rows[method]
+        if spec.get("layout") == "methods_as_columns":
+            index = block + (f" {fraction_label(frac)}" if several else "")
+            out[(index, (row["label"], metric_label(spec, metric)))] = mark
+        else:
+            out[(row["label"], (block, fraction_label(frac), metric_label(spec, metric)))] = mark
+    return out
 
 
 def _cell(
@@ -251,7 +285,12 @@ def summary_methods_as_columns(spec: Mapping[str, Any], runs: pd.DataFrame) -> p
     return frame
 
 
-def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
+def to_markdown(
+    spec: Mapping[str, Any], summary: pd.DataFrame, comp: pd.DataFrame | None = None
+) -> str:
+    from samcache.compare import to_markdown_lines
+
+    marks = display_marks(spec, comp)
     means = summary.xs("mean", axis=1, level="stat")
     stds = summary.xs("std", axis=1, level="stat")
     by_method = spec.get("layout") == "methods_as_columns"
@@ -274,6 +313,7 @@ def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     for label in means.index:
         cells = [
             f"{means.loc[label, c]:.2f} ± {stds.loc[label, c]:.2f}"
+            + (f" {marks[(label, c)]}" if (label, c) in marks else "")
             if np.isfinite(means.loc[label, c])
             else "–"
             for c in means.columns
@@ -282,6 +322,8 @@ def to_markdown(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     lines += ["", seeds_note(spec)]
     for note in spec.get("notes", []):
         lines += ["", note]
+    if comp is not None:
+        lines += to_markdown_lines(spec, comp)
     if spec.get("caption"):
         lines += ["", str(spec["caption"])]
     lines += [
@@ -304,6 +346,10 @@ _LATEX_SPECIAL = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
+    "▲": r"$\uparrow$",
+    "▼": r"$\downarrow$",
+    "α": r"$\alpha$",
+    "−": "-",
 }
 
 
@@ -330,9 +376,15 @@ def _group_row(spans: list[tuple[tuple, int, int]], text) -> list[str]:
     return [f" & {cells} \\\\", rules]
 
 
-def to_latex(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
+def to_latex(
+    spec: Mapping[str, Any], summary: pd.DataFrame, comp: pd.DataFrame | None = None
+) -> str:
     """The table as LaTeX (booktabs): group header rows (block and fraction, or method) over the
-    metric row; a cell the row does not report prints as an en dash."""
+    metric row; a cell the row does not report prints as an en dash; significance marks as
+    arrows, their meaning in the caption."""
+    from samcache.compare import method_note
+
+    marks = display_marks(spec, comp)
     means = summary.xs("mean", axis=1, level="stat")
     stds = summary.xs("std", axis=1, level="stat")
     cols = list(means.columns)
@@ -342,6 +394,8 @@ def to_latex(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     if not show_block:
         title += f" ({block_label(spec['blocks'][0])})"
     caption = " ".join([f"{title}. {seeds_note(spec)}", *spec.get("notes", [])])
+    if marks:
+        caption += " " + method_note(spec, comp)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
@@ -359,6 +413,7 @@ def to_latex(spec: Mapping[str, Any], summary: pd.DataFrame) -> str:
     for label in means.index:
         cells = " & ".join(
             f"${means.loc[label, c]:.2f} \\pm {stds.loc[label, c]:.2f}$"
+            + latex_escape(marks.get((label, c), ""))
             if np.isfinite(means.loc[label, c])
             else "--"
             for c in cols
@@ -377,100 +432,40 @@ def write_table(
     plot: str | Path | None = None,
     *,
     tex: str | Path | None = None,
+    compare_csv: str | Path | None = None,
+    html: str | Path | None = None,
+    rescore: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    runs = runs_frame(spec, load_records(record_paths))
+    """Every output of a table from its run records. With ``rescore`` (scorers by name, see
+    ``samcache.rescore``), the metrics are first recomputed from the runs' stored predictions."""
+    from samcache.compare import COLUMNS, compare_table, pairs
+
+    records = load_records(record_paths)
+    if rescore is not None:
+        from samcache.rescore import rescore_records
+
+        records = rescore_records(records, rescore)
+    runs = runs_frame(spec, records)
     spec = {**spec, "notes": provenance_notes(spec, runs)}
     summary = summary_frame(spec, runs)
+    comp = compare_table(spec, records) if pairs(spec) else pd.DataFrame(columns=COLUMNS)
     Path(md).parent.mkdir(parents=True, exist_ok=True)
-    Path(md).write_text(to_markdown(spec, summary))
+    Path(md).write_text(to_markdown(spec, summary, comp))
     if tex is not None:
-        Path(tex).write_text(to_latex(spec, summary))
+        Path(tex).write_text(to_latex(spec, summary, comp))
     flat = summary.copy()
     flat.columns = ["/".join(c) for c in flat.columns]
     flat.round(4).to_csv(csv)
     if runs_csv is not None:
         runs.to_csv(runs_csv, index=False)
+    if compare_csv is not None:
+        comp.to_csv(compare_csv, index=False)
+    if html is not None:
+        from samcache.table_html import to_html
+
+        Path(html).write_text(to_html(spec, summary, comp, runs))
     if plot is not None:
-        if spec.get("layout") == "methods_as_columns":
-            plot_columns(spec, summary, plot)
-        else:
-            plot_table(spec, summary, plot)
+        from samcache.plots import plot_table
+
+        plot_table(spec, runs, comp, plot)
     return summary
-
-
-def plot_table(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
-    """One panel per (block, metric). Several fractions: the metric against the training
-    fraction, a line per method. One fraction (ablation tables): a horizontal bar per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    means = summary.xs("mean", axis=1, level="stat")
-    stds = summary.xs("std", axis=1, level="stat")
-    panels = list(dict.fromkeys((b, m) for b, _, m in means.columns))
-    fractions = [float(f) for f in spec["fractions"]]
-    bars = len(fractions) == 1
-    height = max(3.4, 0.35 * len(means.index) + 1.5) if bars else 3.4
-    width = 4.2 + (0.06 * max(len(str(i)) for i in means.index) if bars else 0.0)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(width * len(panels), height), squeeze=False, sharey=bars
-    )
-    for ax, (block, metric) in zip(axes[0], panels, strict=True):
-        cols = [(block, fraction_label(f), metric) for f in fractions]
-        if bars:
-            y = np.arange(len(means.index))[::-1]
-            ax.barh(y, means[cols[0]].to_numpy(), xerr=stds[cols[0]].to_numpy(), capsize=3)
-            ax.set_yticks(y, [str(i) for i in means.index], fontsize=7)
-            ax.set_xlabel(f"{metric} (%), {fraction_label(fractions[0])} of training data")
-            ax.grid(alpha=0.3, axis="x")
-        else:
-            for label in means.index:
-                yv = [means.loc[label, c] for c in cols]
-                e = [stds.loc[label, c] for c in cols]
-                ax.errorbar(fractions, yv, yerr=e, marker="o", capsize=3, label=label)
-            ax.set_xlabel("training data (%)")
-            ax.set_ylabel(f"{metric} (%)")
-            ax.set_xticks(fractions)
-            ax.grid(alpha=0.3)
-        ax.set_title(f"{block}: {metric}" if len(spec["blocks"]) > 1 else metric, fontsize=9)
-    if not bars:
-        axes[0][0].legend(fontsize=7)
-    fig.suptitle(_wrap(spec.get("title", spec.get("name", "")), width * len(panels)), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _wrap(title: str, inches: float) -> str:
-    """A figure title broken into lines that fit the figure's width (about 15 characters/inch)."""
-    import textwrap
-
-    return "\n".join(textwrap.wrap(str(title), width=max(20, int(15 * inches))))
-
-
-def plot_columns(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
-    """One panel per table row: a bar per (method, metric) column, with its std as error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    means = summary.xs("mean", axis=1, level="stat")
-    stds = summary.xs("std", axis=1, level="stat")
-    labels = [" ".join(c) for c in means.columns]
-    n = len(means.index)
-    fig, axes = plt.subplots(
-        n, 1, figsize=(max(4.0, 0.6 * len(labels) + 1.5), 3.2 * n), squeeze=False
-    )
-    for ax, row in zip(axes[:, 0], means.index, strict=True):
-        x = np.arange(len(labels))
-        ax.bar(x, means.loc[row].to_numpy(), yerr=stds.loc[row].to_numpy(), capsize=3)
-        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("%")
-        ax.set_title(str(row), fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(_wrap(spec.get("title", spec.get("name", "")), fig.get_figwidth()), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -4,7 +4,9 @@ The run reads the dataset store and the feature cache, never the encoder. It tra
 evaluates on the validation split after every epoch, keeps the epoch with the best validation
 AUC (the earliest on ties), evaluates that epoch on the test split and writes a JSON record with
 the metrics and everything needed to trace them: the method's full configuration, seed,
-fraction, the digest of the training subsample, the code version and the cache key.
+fraction, the digest of the training subsample, the code version and the cache key. The record
+also keeps the per-image test predictions; attention maps go into a prediction store beside it
+(``samcache.predictions``).
 
 On a CPU the same seed gives the same record (up to wall time): every random draw comes from
 generators seeded by the run's seed and torch runs deterministic kernels with the thread count
@@ -37,8 +39,9 @@ from samcache.features.sam_prior import stored_key
 from samcache.features.store import FeatureStore
 from samcache.heads import Head, build_head, head_class
 from samcache.inputs import RunInputs, batches
-from samcache.localisation import localisation_metrics
+from samcache.localisation import localisation_per_image
 from samcache.metrics import compute_metrics
+from samcache.predictions import record_predictions, write_run
 from samcache.resident import ResidentCache
 from samcache.sweep import RECORD_SCHEMA, write_json_atomic
 from samcache.views import augmentation_for_run
@@ -252,16 +255,19 @@ def train_run(
             head, inputs, splits, info, settings, device, seed, (aug, view_taps, view)
         )
         bs = settings.batch_size
-        test = evaluate(head, inputs, splits["test"], info, device, bs, view)
-        test |= localisation_metrics(  # seed 001's Table 3; {} for heads without attention maps
+        y_test, p_test = predict(head, inputs, splits["test"], info, device, bs, view)
+        test = compute_metrics(y_test, p_test, info.type)
+        frame = getattr(head, "attention_frame", "image")
+        per_image, maps = localisation_per_image(  # seed 001's Table 3; {} without maps
             lambda b: head(to_device(view(b) if view else b, device)),
             inputs,
             splits["test"],
             task_type=info.type,
             batch_size=bs,
-            frame=getattr(head, "attention_frame", "image"),
+            frame=frame,
             crop=aug.crop_size if view else None,  # masks in the frame the head is tested on
         )
+        test |= {f"jaccard_{name}": float(v.mean()) for name, v in per_image.items()}
         val = evaluate(head, inputs, splits["val"], info, device, bs, view)
 
     record = {
@@ -284,6 +290,12 @@ def train_run(
         "best_epoch": best_epoch,
         "head_info": dict(getattr(head, "info", {})),
         "metrics": {"test": test, "val": val},
+        "predictions": record_predictions(
+            splits["test"],
+            y_test,
+            p_test,
+            {f"jaccard_{name}": v for name, v in per_image.items()},
+        ),
         "history": history,
         "cache_key": fs.key if fs is not None else None,
         "features_path": str(fs.path) if fs is not None else None,
@@ -299,5 +311,5 @@ def train_run(
         "started": started,
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
-    write_json_atomic(out, record)
+    write_run(out, record, maps=maps, store_attrs={"frame": frame, "dataset": ds.name})
     return record

@@ -304,6 +304,34 @@ def table_records(name):
     return [r.record for r in table_runs(name)]
 
 
+def table_stores(name):
+    """The dataset stores and SAM-prior caches a table's galleries read."""
+    t = table_cfg(name)
+    out = set()
+    for b in t["blocks"]:
+        out.add(dataset_store(b["dataset"]))
+        for m in table_row_methods(t):
+            if method_cfg(m).get("sam_prior"):
+                out.add(method_caches(b["dataset"], m)["sam_prior"])
+    return sorted(out)
+
+
+def check_baselines():
+    """Every row's `baseline` is another row of its table: checked before any job runs."""
+    for name, t in config["tables"].items():
+        methods = table_row_methods(t)
+        for r in t["rows"]:
+            base = r.get("baseline") if isinstance(r, dict) else None
+            if base is not None and (base not in methods or base == r["method"]):
+                cfg_error(
+                    f"tables.{name}: row '{r['method']}' names baseline '{base}', which is not "
+                    f"another row of the table (rows: {methods})"
+                )
+
+
+check_baselines()
+
+
 # --- batches: many runs per training process (samcache.sweep) ---------------------------------
 
 
@@ -440,7 +468,12 @@ def all_table_names():
 
 
 def get_final_output():
-    return [f"results/tables/{t}.md" for t in target_tables()] + get_cache_outputs()
+    tables = target_tables()
+    return (
+        [f"results/tables/{t}.md" for t in tables]
+        + [f"results/galleries/{t}" for t in tables]
+        + get_cache_outputs()
+    )
 
 
 def get_cache_outputs():

@@ -1,20 +1,25 @@
 rule table:
-    """A paper-shaped table (Markdown, LaTeX, CSV, per-run provenance) and its plot."""
+    """A paper-shaped table (Markdown, LaTeX, CSV, HTML, per-run provenance), the paired
+    comparisons of rows with their baseline rows, and its plot."""
     input:
         lambda w: table_records(w.table),
     output:
-        md=report(
-            "results/tables/{table}.md",
+        md="results/tables/{table}.md",
+        html=report(
+            "results/tables/{table}.html",
             caption="../report/table.rst",
             category="Tables",
+            labels=lambda w: {"table": w.table},
         ),
         tex="results/tables/{table}.tex",
         csv="results/tables/{table}.csv",
         runs="results/tables/{table}.runs.csv",
+        compare="results/tables/{table}.compare.csv",
         plot=report(
             "results/tables/{table}.png",
             caption="../report/table_plot.rst",
             category="Plots",
+            labels=lambda w: {"table": w.table},
         ),
     log:
         "logs/table/{table}.log",
@@ -25,11 +30,42 @@ rule table:
         spec=lambda w: json.dumps(table_spec(w.table), sort_keys=True),
     shell:
         "python -m samcache table --spec {params.spec:q} --md {output.md} --tex {output.tex} "
-        "--csv {output.csv} --runs-csv {output.runs} --plot {output.plot} {input} > {log} 2>&1"
+        "--csv {output.csv} --runs-csv {output.runs} --compare-csv {output.compare} "
+        "--html {output.html} --plot {output.plot} {input} > {log} 2>&1"
+
+
+rule gallery:
+    """Attention maps, predicted masks and SAMAug-C priors of a table's runs, as images (an
+    empty folder for a table whose heads give none)."""
+    input:
+        records=lambda w: table_records(w.table),
+        stores=lambda w: table_stores(w.table),
+    output:
+        report(
+            directory("results/galleries/{table}"),
+            patterns=["{name}.jpg"],
+            caption="../report/gallery.rst",
+            category="Galleries",
+            labels=lambda w: {"table": w.table, "gallery": "{name}"},
+        ),
+    log:
+        "logs/gallery/{table}.log",
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    params:
+        spec=lambda w: json.dumps(
+            {"name": w.table, **table_cfg(w.table)}, sort_keys=True
+        ),
+    shell:
+        "python -m samcache gallery --spec {params.spec:q} --out {output} "
+        "{input.records} > {log} 2>&1"
 
 
 rule all_tables:
-    """Every table the configuration's `all_tables` names (all tables when it is empty)."""
+    """Every table the configuration's `all_tables` names (all tables when it is empty), with
+    its galleries."""
     input:
         lambda w: expand("results/tables/{table}.md", table=all_table_names()),
+        lambda w: expand("results/galleries/{table}", table=all_table_names()),
     localrule: True

@@ -40,6 +40,9 @@ rule train:
     The record's rerun trigger is the method's resolved settings and the package version
     (params), not the mtime of files under src/, deliberately: editing code does not silently
     invalidate finished runs; bumping the version does.
+    Heads with attention maps (or predicted masks) also leave a prediction store beside the
+    record, <record>.zarr (samcache.predictions). It is not a declared output, since only some
+    heads write one; the record names it and holds its digest, and is written after it.
     """
     input:
         unpack(lambda w: {**method_caches(w.dataset, w.method), **batch_report(w)}),
