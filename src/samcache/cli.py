@@ -212,19 +212,44 @@ def cmd_info(a: argparse.Namespace) -> None:
             print(f"{name:24s} {str(arr.shape):28s} {str(arr.dtype):8s} chunks={arr.chunks}")
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    from samcache.data.store import REBUILD_ADVICE
+    from samcache.integrity import verify_store
+
+    failed = False
+    for path in a.paths:
+        r = verify_store(path, full=not a.quick, repair=a.repair)
+        what = "decoded" if not a.quick else "checked (files only)"
+        if r.sound:
+            print(f"{path}: sound ({r.n_items} items {what})")
+            continue
+        for d in r.damages[:20]:
+            print(f"{path}: {d}")
+        if len(r.damages) > 20:
+            print(f"{path}: ... and {len(r.damages) - 20} more")
+        if r.fingerprint_error:
+            print(r.fingerprint_error)
+        if r.cleared:
+            print(
+                f"{path}: cleared the completion flags of {r.cleared} damaged items; run "
+                "snakemake again (or the samcache command that built this cache) to recompute them"
+            )
+            continue
+        failed = True
+        fix = (
+            "Run `samcache verify --repair` on it to clear their flags, then snakemake again"
+            if r.is_cache
+            else REBUILD_ADVICE
+        )
+        print(f"{path}: damaged. {fix}.")
+    return 1 if failed else 0
+
+
 def _write_manifest(path: str, obj: dict[str, Any]) -> None:
-    """Written to a temporary name and renamed: Snakemake never sees half a manifest.
+    """Written whole or not at all: Snakemake never sees half a manifest."""
+    from samcache.atomic import write_text_atomic
 
-    Deliberately not ``samcache.train.write_json_atomic``: importing the training stack
-    (torch, scikit-learn) costs the SLIC job many times its own run time on a small dataset.
-    """
-    import os
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    tmp.replace(out)
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -339,8 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs-csv", help="also write one row per run with its provenance")
     s.add_argument("--plot", help="also write a PNG of the metrics against the fraction")
     s.add_argument("--tex", help="also write the table as LaTeX (booktabs)")
-    s.add_argument("records", nargs="+")
+    s.add_argument("records", nargs="*", help="run records (JSON); each is validated")
     s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser(
+        "verify", help="check that stores hold what they claim: every item decoded, finite"
+    )
+    s.add_argument("paths", nargs="+", help="dataset stores or caches (<...>.zarr)")
+    s.add_argument(
+        "--quick", action="store_true", help="only the files' presence and shard indexes"
+    )
+    s.add_argument(
+        "--repair",
+        action="store_true",
+        help="clear the completion flags of damaged cache items, so that a rerun recomputes them",
+    )
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("info", help="print a store's attributes and arrays")
     s.add_argument("path")
@@ -360,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     from samcache.zarrio import StoreError
 
     try:
-        args.func(args)
+        status = args.func(args)
     except (
         StoreError,
         DownloadError,
@@ -375,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; completed work is kept and a re-run resumes it")
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ from samcache.features.store import (
     TapInfo,
     create_store_atomically,
     exclusive_writer,
+    report_repairs,
 )
+from samcache.integrity import clear_damaged
 from samcache.zarrio import (
     ItemLedger,
     StoreError,
@@ -186,6 +188,7 @@ def extract_features(
         g = open_or_create_cache(out, fset, ds, batch_size)
         batch_size = int(g.attrs["batch_size"])  # a resumed cache keeps its batch composition
         ledger = ItemLedger(g, ds.n_items, int(g.attrs["items_per_shard"]))
+        report_repairs(out, clear_damaged(g, ledger))
         done = ledger.done()
         batches = [
             (a, min(a + batch_size, ds.n_items))
@@ -204,6 +207,7 @@ def extract_features(
         )
         attention = _resumed_attention(g, attention)
         if batches:
+            ds.verify_fingerprint()  # the images about to be encoded are the ones the key names
             weights = resolve_checkpoint(fset, checkpoint, checkpoint_dir)
             dev = resolve_device(device)
             _extract(ds, g, ledger, fset, batches, weights, dev, seed, attention, progress)

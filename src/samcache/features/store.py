@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from samcache.zarrio import StoreError, atomic_dir_path, open_group
+from samcache.integrity import Damage, finite_or_raise, require_sound, resume_advice
+from samcache.zarrio import ItemLedger, StoreError, atomic_dir_path, open_group
+
+log = logging.getLogger(__name__)
+
+RESUME_ADVICE = resume_advice("features")
 
 
 @contextlib.contextmanager
@@ -44,9 +50,21 @@ def create_store_atomically(path: Path, build: Callable[[zarr.Group], None]) -> 
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = atomic_dir_path(path)
-    build(open_group(tmp, "w"))
-    tmp.rename(path)
+    try:
+        build(open_group(tmp, "w"))
+        tmp.rename(path)
+    except BaseException:  # a full disk, an interrupt: leave nothing half-built behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return open_group(path, "r+")
+
+
+def report_repairs(path: Path, damages: list[Damage]) -> None:
+    """Log the damaged items whose flags a resuming writer cleared (it recomputes them)."""
+    if damages:
+        shown = "; ".join(str(d) for d in damages[:5])
+        more = f"; and {len(damages) - 5} more" if len(damages) > 5 else ""
+        log.warning("%s: damaged, recomputing: %s%s", path, shown, more)
 
 
 @dataclass(frozen=True)
@@ -85,11 +103,15 @@ class FeatureStore:
                 f"{self.path}: built from dataset fingerprint {self.attrs['dataset_fingerprint']}, "
                 f"but the dataset store now has {expect_dataset}. The dataset changed; rebuild the cache."
             )
-        if not allow_incomplete and not bool(np.asarray(self.group["complete"][:]).all()):
+        done = ItemLedger.read(self.group)
+        if not allow_incomplete and not done.all():
             raise StoreError(
-                f"{self.path}: extraction is incomplete. Re-run `samcache features` (or the Snakemake "
-                "rule) to resume it."
+                f"{self.path}: extraction is incomplete ({int((~done).sum())} of {len(done)} "
+                f"images missing). {RESUME_ADVICE}"
             )
+        require_sound(
+            self.group, self.path, done, RESUME_ADVICE, arrays=[t.array for t in self.taps.values()]
+        )
 
     @property
     def key(self) -> str:
@@ -150,6 +172,7 @@ def read_items(array: zarr.Array, indices: np.ndarray) -> np.ndarray:
             list(pool.map(fill, range(len(runs))))
     elif runs:
         fill(0)
+    finite_or_raise(out, array, unique)  # a damaged cache is an error, never data
     if len(unique) == len(indices) and (np.diff(indices) > 0).all():
         return out  # already in the requested order
     return out[inverse.reshape(-1)]
