@@ -7,6 +7,7 @@ table) are passed with ``--spec`` as inline JSON or as ``@file`` (JSON or YAML).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -164,14 +165,18 @@ def cmd_sam_prior(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    from samcache.config import check_head, validate_method
     from samcache.train import train_run
 
+    method = load_spec(a.spec)
+    validate_method(method, "--spec")  # as the workflow's config: epochs >= 1, known keys
+    check_head(method, "--spec")
     rec = train_run(
         dataset=a.dataset,
         features=a.features,
         task=a.task,
         method_name=a.method_name,
-        method=load_spec(a.spec),
+        method=method,
         fraction=a.fraction,
         seed=a.seed,
         out=a.out,
@@ -387,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def os_error_message(err: OSError) -> str:
+    """One line naming the file and what to do; nothing half-written is left behind (stores,
+    manifests, tables and locks are written under temporary names and renamed)."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the device{where}: {err.strerror}. Free space there and run "
+            "again; finished work is kept and resumed"
+        )
+    return f"{err.strerror or err}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -410,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         FloatingPointError,
     ) as err:
         log.error("%s", err)
+        return 1
+    except OSError as err:  # a full disk, a file that cannot be read: one line, no traceback
+        log.error("%s", os_error_message(err))
         return 1
     except KeyboardInterrupt:
         log.error("interrupted; completed work is kept and a re-run resumes it")
