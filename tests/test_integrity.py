@@ -5,6 +5,7 @@ built is caught. Each damage is done to the files on disk, as a crash, a full di
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -18,7 +19,7 @@ from samcache.features.extract import extract_features
 from samcache.features.specs import SlicParams, feature_set_from_config
 from samcache.features.store import FeatureStore
 from samcache.features.superpixels import compute_superpixels, open_superpixels
-from samcache.integrity import DamagedStoreError, verify_store
+from samcache.integrity import DamagedStoreError, manifest_problem, verify_store
 from samcache.zarrio import StoreError
 
 from conftest import tiny_feature_config
@@ -170,3 +171,29 @@ def test_superpixel_cache_damage_is_named_and_a_resume_recomputes_it(tmp_path, s
         open_superpixels(out)
     compute_superpixels(small_store.path, out, params, key="k", progress=False)
     np.testing.assert_array_equal(open_superpixels(out)[:], before)
+
+
+def test_the_workflow_sees_through_a_manifest_whose_cache_is_gone_or_damaged(cache, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"kind": "features", "path": str(cache)}))
+    assert manifest_problem(manifest) is None
+    g = zarr.open_group(str(cache), mode="r+")
+    g["complete"][8:16] = False  # flags cleared
+    assert manifest_problem(manifest).endswith("8 of 60 items are not flagged complete")
+    g["complete"][8:16] = True
+    (cache / "neck/c/4/0/0/0").unlink()
+    assert "'neck' items 32..39 (neck/c/4/0/0/0): file missing" in manifest_problem(manifest)
+    shutil.rmtree(cache)
+    assert manifest_problem(manifest) == f"{cache} is missing"
+    manifest.write_text('{"kind": "feat')
+    assert "is unreadable" in manifest_problem(manifest)
+
+
+def test_a_read_that_fails_to_decode_names_the_tap_and_images(cache):
+    fs = FeatureStore(cache)
+    shard = cache / "block_2/c/3/0/0/0"  # items 24..31: data overwritten after the open
+    data = bytearray(shard.read_bytes())
+    data[:64] = bytes(64)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DamagedStoreError, match=r"'block_2' items 2[0-9]\.\.[23][0-9] .*decoded"):
+        fs.read("block:2", np.arange(20, 30))

@@ -100,8 +100,9 @@ def cmd_features(a: argparse.Namespace) -> None:
         attention=a.attention,
         progress=not a.no_progress,
     )
-    if a.manifest:
-        _write_manifest(a.manifest, {"kind": "features", "path": str(store.path), **store.attrs})
+    if a.manifest:  # what the cache holds, not how it was computed: the same after a resume
+        held = {k: v for k, v in store.attrs.items() if k != "extractions"}
+        _write_manifest(a.manifest, {"kind": "features", "path": str(store.path), **held})
 
 
 def cmd_checkpoint(a: argparse.Namespace) -> None:

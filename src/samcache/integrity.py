@@ -264,6 +264,18 @@ def finite_or_raise(block: np.ndarray, array: zarr.Array, items: np.ndarray) -> 
     )
 
 
+def undecodable(array: zarr.Array, start: int, stop: int, err: Exception) -> DamagedStoreError:
+    """The error for items ``start..stop-1`` of ``array`` that failed to decode."""
+    store = Path(array.store_path.store.root)
+    problem = f"cannot be decoded ({type(err).__name__}: {err})"
+    return DamagedStoreError(
+        store,
+        [Damage(array.path, array.path, start, stop - 1, problem)],
+        f"Run `samcache verify --repair {store}`, then the step that built it again (or "
+        "snakemake): it recomputes only the damaged items",
+    )
+
+
 def require_sound(
     group: zarr.Group,
     path: str | Path,
@@ -344,3 +356,33 @@ def verify_store(path: str | Path, *, full: bool = True, repair: bool = False) -
         except StoreError as err:
             report.fingerprint_error = str(err)
     return report
+
+
+def manifest_problem(manifest: str | Path) -> str | None:
+    """Why the cache a manifest stands for no longer holds what the manifest claims, or None.
+
+    Cheap (``check_files``): the workflow asks it of every cache it is about to read.
+    """
+    import json
+
+    from samcache.zarrio import open_group
+
+    manifest = Path(manifest)
+    try:
+        store = Path(json.loads(manifest.read_text())["path"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{manifest} is unreadable ({err})"
+    if not (store / "zarr.json").is_file():
+        return f"{store} is missing"
+    try:
+        group = open_group(store, "r")
+        done = ItemLedger.read(group)
+        if not done.all():
+            return f"{store}: {int((~done).sum())} of {len(done)} items are not flagged complete"
+        damages = check_store(group, done)
+    except StoreError as err:
+        return str(err)
+    if damages:
+        more = f" and {len(damages) - 1} more" if len(damages) > 1 else ""
+        return f"{store}: damaged: {damages[0]}{more}"
+    return None

@@ -1,7 +1,7 @@
 rule table:
     """A paper-shaped table (Markdown, LaTeX, CSV, per-run provenance) and its plot."""
     input:
-        lambda w: table_records(w.table),
+        lambda w: table_inputs(w.table),
     output:
         md=report(
             "results/tables/{table}.md",
@@ -25,6 +25,7 @@ rule table:
         spec=lambda w: json.dumps(
             {"name": w.table, **table_cfg(w.table)}, sort_keys=True
         ),
+        stale=lambda w: table_plan_marker(w.table),
     shell:
         "python -m samcache table --spec {params.spec:q} --md {output.md} --tex {output.tex} "
         "--csv {output.csv} --runs-csv {output.runs} --plot {output.plot} {input} > {log} 2>&1"

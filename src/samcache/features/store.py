@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from samcache.integrity import Damage, finite_or_raise, require_sound, resume_advice
+from samcache.integrity import (
+    Damage,
+    finite_or_raise,
+    require_sound,
+    resume_advice,
+    undecodable,
+)
 from samcache.zarrio import ItemLedger, StoreError, atomic_dir_path, open_group
 
 log = logging.getLogger(__name__)
@@ -162,7 +168,10 @@ def read_items(array: zarr.Array, indices: np.ndarray) -> np.ndarray:
 
     def fill(k: int) -> None:
         a, b = runs[k]
-        block = array[a:b]
+        try:
+            block = array[a:b]
+        except Exception as err:  # zarr and its codecs raise many kinds; each means damage
+            raise undecodable(array, a, b, err) from None
         out[starts[k] : starts[k + 1]] = (
             block if len(block) == len(groups[k]) else block[groups[k] - a]
         )
