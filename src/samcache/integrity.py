@@ -207,7 +207,7 @@ def check_values(array: zarr.Array, wanted: np.ndarray, name: str | None = None)
             damages.append(Damage(name, rel, start, stop - 1, problem))
             continue
         if floating:
-            bad = want & ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+            bad = want & nonfinite_rows(block)
             for a, b in _runs(start + np.flatnonzero(bad)):
                 damages.append(Damage(name, rel, a, b, "not finite (NaN or infinity)"))
     return damages
@@ -248,11 +248,27 @@ def damaged_items(damages: Iterable[Damage], n_items: int) -> np.ndarray:
     return out
 
 
+#: Elements tested for finiteness at a time: bounds the temporary mask (16 MB).
+_FINITE_STEP = 1 << 24
+
+
+def nonfinite_rows(block: np.ndarray) -> np.ndarray:
+    """Bools along the first axis: True where an item holds NaN or infinity."""
+    bad = np.zeros(len(block), dtype=bool)
+    if not np.issubdtype(block.dtype, np.floating) or not len(block):
+        return bad
+    per = max(1, _FINITE_STEP // max(1, block[0].size))
+    for a in range(0, len(block), per):
+        part = block[a : a + per]
+        bad[a : a + per] = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
+    return bad
+
+
 def finite_or_raise(block: np.ndarray, array: zarr.Array, items: np.ndarray) -> None:
     """Refuse items read from ``array`` that hold NaN or infinity, naming them."""
-    if not np.issubdtype(block.dtype, np.floating) or np.isfinite(block).all():
+    bad = nonfinite_rows(block)
+    if not bad.any():
         return
-    bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
     items = sorted({int(i) for i in np.asarray(items)[bad]})
     store = Path(array.store_path.store.root)
     damages = [Damage(array.path, array.path, a, b, "NaN or infinity") for a, b in _runs(items)]

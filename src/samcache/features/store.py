@@ -172,16 +172,15 @@ def read_items(array: zarr.Array, indices: np.ndarray) -> np.ndarray:
             block = array[a:b]
         except Exception as err:  # zarr and its codecs raise many kinds; each means damage
             raise undecodable(array, a, b, err) from None
-        out[starts[k] : starts[k + 1]] = (
-            block if len(block) == len(groups[k]) else block[groups[k] - a]
-        )
+        rows = out[starts[k] : starts[k + 1]]
+        rows[...] = block if len(block) == len(groups[k]) else block[groups[k] - a]
+        finite_or_raise(rows, array, groups[k])  # a damaged cache is an error, never data
 
     if len(runs) > 1:
         with ThreadPoolExecutor(min(READ_THREADS, len(runs))) as pool:
             list(pool.map(fill, range(len(runs))))
     elif runs:
         fill(0)
-    finite_or_raise(out, array, unique)  # a damaged cache is an error, never data
     if len(unique) == len(indices) and (np.diff(indices) > 0).all():
         return out  # already in the requested order
     return out[inverse.reshape(-1)]
