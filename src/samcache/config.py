@@ -138,12 +138,14 @@ def _named_taps(value: Any) -> list[str]:
 def check_config(config: Mapping[str, Any]) -> None:
     """What the schema cannot say: references between sections, taps against encoders, and
     repeated entries. Raises ``ConfigError`` naming the key; imports no torch."""
-    from samcache.features.specs import feature_set_from_config
+    from samcache.features.specs import encoder_spec, parse_taps
 
-    for name, fs in config["feature_sets"].items():
+    for name, fs in config["feature_sets"].items():  # taps only: weights are checked when used
         try:
-            feature_set_from_config(fs, "check")
-        except (ValueError, KeyError, FileNotFoundError) as err:
+            encoder = encoder_spec(fs["encoder"])
+            for tap in parse_taps(fs["taps"], fs.get("grid"), fs.get("dtype", "float16")):
+                tap.validate(encoder)
+        except (ValueError, KeyError) as err:
             raise ConfigError(f"feature_sets.{name}: {err.args[0]}") from None
     for name, t in config["tables"].items():
         rows = [r if isinstance(r, str) else r["method"] for r in t["rows"]]
