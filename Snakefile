@@ -38,10 +38,10 @@ onsuccess:
 rule all:
     default_target: True
     input:
-        get_final_output(),
+        lambda w: get_final_output(),
 
 
 rule caches:
     """Only the feature, SAM-prior and superpixel caches the target tables need (the GPU part)."""
     input:
-        get_cache_outputs(),
+        lambda w: get_cache_outputs(),

@@ -47,7 +47,11 @@ def write_records(tmp_path, methods, *, per_image=None, twins=None, task_type="b
                 "method": method,
                 "fraction": 100,
                 "seed": seed,
-                "metrics": {"test": test},
+                "n_train": 100,
+                "best_epoch": 1,
+                "metrics": {"test": test, "val": {"acc": 0.5}},
+                "cache_key": None,
+                "code_version": "test",
                 "predictions": record_predictions(items, y, probs, pi),
             }
             p = tmp_path / f"{method}_{seed}.json"
@@ -194,8 +198,8 @@ def test_comparison_errors_name_what_is_wrong(tmp_path):
     paths[3].write_text(json.dumps(rec))
     with pytest.raises(ValueError, match=r"better_0.json .* not tested on the same images"):
         write_table(SPEC, paths, tmp_path / "x.md", tmp_path / "x.csv")
-    # a record written before predictions were kept
+    # a record written before predictions were kept: refused as any invalid record
     del rec["predictions"]
     paths[3].write_text(json.dumps(rec))
-    with pytest.raises(ValueError, match=r"better_0.json holds no per-image predictions"):
+    with pytest.raises(ValueError, match=r"better_0.json: 'predictions' is a required property"):
         write_table(SPEC, paths, tmp_path / "x.md", tmp_path / "x.csv")

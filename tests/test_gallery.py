@@ -80,7 +80,11 @@ def _masks_run(tmp_path, small_store, predicted: np.ndarray, items: np.ndarray, 
         "fraction": 100,
         "seed": 0,
         "config": {"head": "seg"},
-        "metrics": {"test": {"acc": 1.0}},
+        "n_train": 10,
+        "best_epoch": 1,
+        "metrics": {"test": {"acc": 1.0}, "val": {"acc": 1.0}},
+        "cache_key": None,
+        "code_version": "test",
         "predictions": record_predictions(
             items, np.zeros(len(items)), np.full((len(items), 2), 0.5)
         ),

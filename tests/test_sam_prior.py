@@ -85,6 +85,27 @@ def test_an_interrupted_cache_resumes_to_the_same_maps(tmp_path, small_store, sm
         compute_sam_priors(small_store.path, out, PARAMS, key="0" * 12, progress=False)
 
 
+def test_a_deleted_shard_is_named_and_a_resume_recomputes_only_it(
+    tmp_path, small_store, small_priors
+):
+    import shutil
+
+    from samcache.integrity import DamagedStoreError
+
+    out = tmp_path / "p.zarr"
+    shutil.copytree(small_priors, out)
+    (out / "prior/c/1/0/0").unlink()  # units of 16 images: 16..31
+    with pytest.raises(DamagedStoreError, match=r"'prior' items 16\.\.31 .*file missing"):
+        open_sam_priors(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compute_sam_priors(small_store.path, out, PARAMS, key=PARAMS.key("small"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(open_sam_priors(out)[:], open_sam_priors(small_priors)[:])
+
+
 def test_the_key_follows_what_changes_the_maps():
     base = PARAMS.key("d")
     assert PARAMS.key("other") != base

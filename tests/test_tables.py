@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
 import pandas as pd
 import pytest
 
+from samcache.sweep import RECORD_SCHEMA
 from samcache.tables import write_table
 
 SPEC = {
@@ -22,6 +24,25 @@ SPEC = {
 }
 
 
+def record(dataset, method, fraction, seed, test, task="y", **extra):
+    """A valid run record (samcache.records) with the given test metrics."""
+    return {
+        "schema": RECORD_SCHEMA,
+        "dataset": dataset,
+        "task": task,
+        "method": method,
+        "fraction": fraction,
+        "seed": seed,
+        "n_train": 10,
+        "best_epoch": 1,
+        "metrics": {"test": test, "val": {"acc": 0.5, "auc": 0.5}},
+        "cache_key": "abc",
+        "code_version": "v",
+        "predictions": {"items": []},
+        **extra,
+    }
+
+
 def _records(tmp_path, skip=None):
     paths, values = [], {}
     for b, ds in enumerate(("d1", "d2")):
@@ -34,20 +55,8 @@ def _records(tmp_path, skip=None):
                     auc = 0.7 + 0.05 * s
                     values[(ds, method, f, s)] = (acc, auc)
                     p = tmp_path / f"{ds}_{method}_{f}_{s}.json"
-                    p.write_text(
-                        json.dumps(
-                            {
-                                "dataset": ds,
-                                "task": "y",
-                                "method": method,
-                                "fraction": f,
-                                "seed": s,
-                                "metrics": {"test": {"acc": acc, "auc": auc, "ap": 0.0}},
-                                "cache_key": "abc",
-                                "code_version": "v",
-                            }
-                        )
-                    )
+                    test = {"acc": acc, "auc": auc, "ap": 0.0}
+                    p.write_text(json.dumps(record(ds, method, f, s, test)))
                     paths.append(p)
     return paths, values
 
@@ -157,18 +166,7 @@ def _attention_records(tmp_path):
             for i, m in enumerate(metrics):
                 test[m] = values[(method, m, s)] = 0.2 + 0.1 * i + 0.05 * s
             p = tmp_path / f"{method}_{s}.json"
-            p.write_text(
-                json.dumps(
-                    {
-                        "dataset": "d1",
-                        "task": "y",
-                        "method": method,
-                        "fraction": 100,
-                        "seed": s,
-                        "metrics": {"test": test},
-                    }
-                )
-            )
+            p.write_text(json.dumps(record("d1", method, 100, s, test)))
             paths.append(p)
     return paths, values
 
@@ -246,3 +244,60 @@ def test_caption_and_runs_csv_say_each_rows_initialisation_and_each_blocks_image
     runs = pd.read_csv(tmp_path / "t1.runs.csv")
     assert set(runs[runs.method == "m_a"].init) == {"checkpoint r152.safetensors"}
     assert set(runs[runs.method == "m_b"].init) == {"random"}
+
+
+def _one_run_table(tmp_path, rec, name="d1/y/m_a/f100_s0.json"):
+    path = tmp_path / "runs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rec if isinstance(rec, str) else json.dumps(rec))
+    spec = {**SPEC, "blocks": [SPEC["blocks"][0]], "rows": ["m_a"], "fractions": [100]}
+    spec["seeds"] = [0]
+    md = tmp_path / "one.md"
+    return lambda: write_table(spec, [path], md, tmp_path / "one.csv"), path, md
+
+
+GOOD = record("d1", "m_a", 100, 0, {"acc": 0.5, "auc": 0.6})
+
+
+@pytest.mark.parametrize(
+    "rec, message",
+    [
+        (json.dumps(GOOD)[:-20], "is not valid JSON"),
+        ({**GOOD, "schema": 1}, "written in record schema 1; this samcache reads schema 2"),
+        ({k: v for k, v in GOOD.items() if k != "seed"}, "'seed' is a required property"),
+        (
+            {**GOOD, "metrics": {"test": {"acc": float("nan")}, "val": {"acc": 0.5}}},
+            "'metrics.test.acc' is nan",
+        ),
+        ({**GOOD, "fraction": "100"}, "'fraction': '100' is not of type 'number'"),
+        (
+            {**GOOD, "seed": 3},
+            "holds the run dataset=d1 task=y method=m_a fraction=100 seed=3, not",
+        ),
+        ([GOOD], "not a JSON object"),
+    ],
+    ids=["truncated", "other-schema", "no-seed", "nan", "fraction-text", "other-run", "list"],
+)
+def test_a_bad_record_is_an_error_naming_its_path_and_no_table_is_written(tmp_path, rec, message):
+    build, path, md = _one_run_table(tmp_path, rec)
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        build()
+    assert f"run record {path}" in str(err.value)
+    assert not md.exists() and not list(tmp_path.glob(".one*"))
+
+
+def test_two_records_of_one_run_are_refused(tmp_path):
+    build, path, _ = _one_run_table(tmp_path, GOOD)
+    copy = tmp_path / "copy.json"
+    copy.write_text(path.read_text())
+    with pytest.raises(ValueError, match="both hold the run"):
+        write_table({**SPEC, "seeds": [0]}, [path, copy], tmp_path / "x.md", tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize(
+    "key, value", [("seeds", [0, 0]), ("fractions", []), ("rows", ["m_a", "m_a"])]
+)
+def test_repeated_or_empty_table_lists_are_refused(tmp_path, key, value):
+    paths, _ = _records(tmp_path)
+    with pytest.raises(ValueError, match=rf"tables\.t1\.{key}: "):
+        write_table({**SPEC, key: value}, paths, tmp_path / "x.md", tmp_path / "x.csv")

@@ -161,3 +161,24 @@ def test_a_run_trains_on_cached_views(tmp_path, small_store, view_features):
     a = train_run(**kw, out=tmp_path / "a.json")
     b = train_run(**kw, out=tmp_path / "b.json")
     assert a["metrics"] == b["metrics"]
+
+
+def test_a_complete_cache_with_views_is_sound_and_resumes_nothing(
+    small_store, view_features, caplog
+):
+    """Views hold zeros in the rows of non-training images, written like any chunk: every
+    flagged item has its chunk on disk, so the integrity checks hold and nothing is redone."""
+    import logging
+
+    from samcache.features.specs import feature_set_from_config
+    from samcache.integrity import check_store
+    from samcache.zarrio import ItemLedger
+
+    assert check_store(view_features.group, ItemLedger.read(view_features.group)) == []
+    cfg = tiny_feature_config(dtype="float32", taps=["block:2", "neck"], views=VIEWS_USED)
+    fset = feature_set_from_config(cfg, "small:views")
+    with caplog.at_level(logging.INFO):
+        extract_features(
+            small_store.path, view_features.path, fset, batch_size=8, device="cpu", progress=False
+        )
+    assert "computing 0 images" in caplog.text and "damaged" not in caplog.text

@@ -89,6 +89,30 @@ def job_counts(output: str) -> dict[str, int]:
             "datasets:\n  isic2017:\n    val_fraction: 0.1\n",
             "datasets.isic2017.val_fraction",
         ),
+        # a method given twice: YAML would keep only the second
+        (
+            DEMO,
+            "methods:\n  sam_tiny_mlp: {head: mlp_probe}\n  sam_tiny_mlp: {head: linear_probe}\n",
+            "line 3: key 'sam_tiny_mlp' is given twice",
+        ),
+        (DEMO, "tables:\n  demo_table1:\n    seeds: [0, 0]\n", "tables.demo_table1.seeds"),
+        (DEMO, "tables:\n  demo_table1:\n    fractions: []\n", "tables.demo_table1.fractions"),
+        (
+            DEMO,
+            "methods:\n  sam_tiny_mlp:\n    head_args: {hiden: 64}\n",
+            "methods.sam_tiny_mlp.head_args: ['hiden'] are not settings of head 'mlp_probe'",
+        ),
+        (DEMO, "methods:\n  sam_tiny_linear:\n    head: linear\n", "methods.sam_tiny_linear.head"),
+        (
+            DEMO,
+            "methods:\n  sam_tiny_linear:\n    taps: ['block:3']\n",
+            "methods.sam_tiny_linear.taps: ['block:3'] are not in feature set 'sam_tiny'",
+        ),
+        (
+            DEMO,
+            "feature_sets:\n  sam_tiny:\n    taps: ['block:9']\n",
+            "feature_sets.sam_tiny: tap 'block:9': encoder vit_tiny has blocks 1..4",
+        ),
     ],
 )
 def test_config_errors_stop_before_any_job_and_name_the_key(tmp_path, base, overlay, key):

@@ -11,11 +11,23 @@ import os
 import shutil
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 
 class UnsafeArchiveError(RuntimeError):
     pass
+
+
+class DamagedArchiveError(ValueError):
+    """An archive that cannot be read whole: truncated, corrupt, or not an archive at all."""
+
+
+def _damaged(archive: Path, err: object) -> DamagedArchiveError:
+    return DamagedArchiveError(
+        f"{archive}: damaged archive ({err}). Delete it and download it again (or place an "
+        "intact copy there); nothing was extracted"
+    )
 
 
 def _inside(root: Path, name: str) -> Path:
@@ -28,8 +40,25 @@ def _inside(root: Path, name: str) -> Path:
 
 
 def extract_archive(archive: str | Path, dest: str | Path) -> list[Path]:
-    """Extract ``archive`` (zip, tar, tar.gz, ...) into ``dest``; return the extracted files."""
+    """Extract ``archive`` (zip, tar, tar.gz, ...) into ``dest``; return the extracted files.
+
+    A damaged archive raises ``DamagedArchiveError`` and leaves ``dest`` as it was.
+    """
     archive, root = Path(archive), Path(dest).resolve()
+    existed = root.exists()
+    try:
+        return _extract(archive, root)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        raise _damaged(archive, err) from None
+    except UnsafeArchiveError:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _extract(archive: Path, root: Path) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
@@ -64,4 +93,4 @@ def extract_archive(archive: str | Path, dest: str | Path) -> list[Path]:
                     )
             tf.extractall(root, members=members, filter="data")
             return [root / m.name for m in members if m.isfile()]
-    raise UnsafeArchiveError(f"{archive}: not a zip or tar archive")
+    raise _damaged(archive, "not a zip or tar archive: truncated, or not the right file")

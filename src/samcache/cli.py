@@ -7,6 +7,7 @@ table) are passed with ``--spec`` as inline JSON or as ``@file`` (JSON or YAML).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -99,8 +100,9 @@ def cmd_features(a: argparse.Namespace) -> None:
         attention=a.attention,
         progress=not a.no_progress,
     )
-    if a.manifest:
-        _write_manifest(a.manifest, {"kind": "features", "path": str(store.path), **store.attrs})
+    if a.manifest:  # what the cache holds, not how it was computed: the same after a resume
+        held = {k: v for k, v in store.attrs.items() if k != "extractions"}
+        _write_manifest(a.manifest, {"kind": "features", "path": str(store.path), **held})
 
 
 def cmd_checkpoint(a: argparse.Namespace) -> None:
@@ -166,9 +168,12 @@ def cmd_sam_prior(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     spec = load_spec(a.spec)
     if a.staged and _place_staged_record(a, spec):
-        return
+        return  # trained by its batch, whose spec was checked like this one's
+    from samcache.config import check_head, validate_method
     from samcache.train import train_run
 
+    validate_method(spec, "--spec")  # as the workflow's config: epochs >= 1, known keys
+    check_head(spec, "--spec")
     rec = train_run(
         dataset=a.dataset,
         features=a.features,
@@ -217,8 +222,12 @@ def _place_staged_record(a: argparse.Namespace, spec: dict[str, Any]) -> bool:
 
 def cmd_train_batch(a: argparse.Namespace) -> None:
     from samcache.batch import BatchFailed, run_batch
+    from samcache.config import check_head, validate_method
 
     plan = load_spec(a.plan)
+    for name, m in plan["methods"].items():  # as `samcache train` checks its --spec
+        validate_method(m["spec"], f"method '{name}' of --plan")
+        check_head(m["spec"], f"method '{name}' of --plan")
     failed = run_batch(plan, report=a.report, memory_gb=a.memory_gb, gpu_memory_gb=a.gpu_memory_gb)
     if failed:
         raise BatchFailed(
@@ -294,19 +303,44 @@ def cmd_info(a: argparse.Namespace) -> None:
             print(f"{name:24s} {str(arr.shape):28s} {str(arr.dtype):8s} chunks={arr.chunks}")
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    from samcache.data.store import REBUILD_ADVICE
+    from samcache.integrity import verify_store
+
+    failed = False
+    for path in a.paths:
+        r = verify_store(path, full=not a.quick, repair=a.repair)
+        what = "decoded" if not a.quick else "checked (files only)"
+        if r.sound:
+            print(f"{path}: sound ({r.n_items} items {what})")
+            continue
+        for d in r.damages[:20]:
+            print(f"{path}: {d}")
+        if len(r.damages) > 20:
+            print(f"{path}: ... and {len(r.damages) - 20} more")
+        if r.fingerprint_error:
+            print(r.fingerprint_error)
+        if r.cleared:
+            print(
+                f"{path}: cleared the completion flags of {r.cleared} damaged items; run "
+                "snakemake again (or the samcache command that built this cache) to recompute them"
+            )
+            continue
+        failed = True
+        fix = (
+            "Run `samcache verify --repair` on it to clear their flags, then snakemake again"
+            if r.is_cache
+            else REBUILD_ADVICE
+        )
+        print(f"{path}: damaged. {fix}.")
+    return 1 if failed else 0
+
+
 def _write_manifest(path: str, obj: dict[str, Any]) -> None:
-    """Written to a temporary name and renamed: Snakemake never sees half a manifest.
+    """Written whole or not at all: Snakemake never sees half a manifest."""
+    from samcache.atomic import write_text_atomic
 
-    Deliberately not ``samcache.train.write_json_atomic``: importing the training stack
-    (torch, scikit-learn) costs the SLIC job many times its own run time on a small dataset.
-    """
-    import os
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    tmp.replace(out)
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -460,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also compute NAME with FUNCTION(labels, scores) (repeatable); a table "
                 "shows it when its spec lists NAME",
             )
-        s.add_argument("records", nargs="+")
+        s.add_argument("records", nargs="*", help="run records (JSON); each is validated")
         s.set_defaults(func=func)
 
     s = sub.add_parser("gallery", help="attention maps, predicted masks and SAM priors as images")
@@ -470,10 +504,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("records", nargs="+")
     s.set_defaults(func=cmd_gallery)
 
+    s = sub.add_parser(
+        "verify", help="check that stores hold what they claim: every item decoded, finite"
+    )
+    s.add_argument("paths", nargs="+", help="dataset stores or caches (<...>.zarr)")
+    s.add_argument(
+        "--quick", action="store_true", help="only the files' presence and shard indexes"
+    )
+    s.add_argument(
+        "--repair",
+        action="store_true",
+        help="clear the completion flags of damaged cache items, so that a rerun recomputes them",
+    )
+    s.set_defaults(func=cmd_verify)
+
     s = sub.add_parser("info", help="print a store's attributes and arrays")
     s.add_argument("path")
     s.set_defaults(func=cmd_info)
     return p
+
+
+def os_error_message(err: OSError) -> str:
+    """One line naming the file and what to do; nothing half-written is left behind (stores,
+    manifests, tables and locks are written under temporary names and renamed)."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the device{where}: {err.strerror}. Free space there and run "
+            "again; finished work is kept and resumed"
+        )
+    return f"{err.strerror or err}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     from samcache.zarrio import StoreError
 
     try:
-        args.func(args)
+        status = args.func(args)
     except (
         BatchFailed,
         StoreError,
@@ -502,10 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         log.error("%s", err)
         return 1
+    except OSError as err:  # a full disk, a file that cannot be read: one line, no traceback
+        log.error("%s", os_error_message(err))
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted; completed work is kept and a re-run resumes it")
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

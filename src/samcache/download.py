@@ -34,6 +34,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from samcache.atomic import write_text_atomic
 from samcache.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -157,13 +158,22 @@ def check_archive(path: Path) -> bool:
     return False
 
 
+#: Names of archives (zip, tar) and of files that are zip archives inside (npz).
+ARCHIVE_SUFFIXES = (".zip", ".npz", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
 def _record(path: Path, remote: RemoteFile, how: str) -> RemoteFile:
-    checked = (
-        "every archive member's CRC was read back" if check_archive(path) else "not an archive"
-    )
+    is_archive = check_archive(path)
+    if not is_archive and remote.filename.lower().endswith(ARCHIVE_SUFFIXES):
+        raise ChecksumError(
+            f"{path}: not an archive, though its name says so (an error page saved under its "
+            "name? a truncated transfer?); no checksum was recorded. Delete it and download it "
+            "again, or place the right file there."
+        )
+    checked = "every archive member's CRC was read back" if is_archive else "not an archive"
     digest = file_digest(path, "sha256")
     lock = lock_path(path.parent, remote.filename)
-    lock.write_text(f"{digest}  {remote.filename}\n")
+    write_text_atomic(lock, f"{digest}  {remote.filename}\n")
     log.warning(
         "%s: no published checksum exists; %s (%s), and its SHA-256 %s is now recorded in %s. "
         "Every later use is verified against it. To pin it for other machines, add it to the "
@@ -177,6 +187,20 @@ def _record(path: Path, remote: RemoteFile, how: str) -> RemoteFile:
         digest,
     )
     return replace(remote, sha256=digest, origin="recorded")
+
+
+def _mismatch_hint(remote: RemoteFile, target: Path) -> str:
+    if remote.origin == "recorded":
+        lock = lock_path(target.parent, remote.filename)
+        return (
+            f"The file at {target} is not the one first used there, whose checksum {lock} "
+            f"records. If you replaced it with the right file, delete {lock} (it is checked and "
+            "recorded again); otherwise delete both to download the file again."
+        )
+    return (
+        f"The file at {target} is not the expected one: delete it to download it again, or "
+        "replace it with the right file."
+    )
 
 
 def _manual_hint(remote: RemoteFile, folder: Path) -> str:
@@ -215,10 +239,7 @@ def fetch(
         try:
             verify(target, remote)
         except ChecksumError as err:
-            raise ChecksumError(
-                f"{err}. The file at {target} is not the expected one: delete it to download it "
-                "again, or replace it with the right file."
-            ) from None
+            raise ChecksumError(f"{err}. {_mismatch_hint(remote, target)}") from None
         log.info("using %s (checksum verified, no download)", target)
         return target
     folder.mkdir(parents=True, exist_ok=True)

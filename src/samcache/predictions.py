@@ -23,6 +23,7 @@ renamed into place before its record is written; ``samcache.sweep`` moves both t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -128,9 +129,13 @@ def write_run(
 ) -> None:
     """Write a run's prediction store (when it has maps or masks), then its record.
 
-    An earlier record at ``out`` is removed first: a record is never in place beside a store
-    that is not its own.
+    The record is validated first (``samcache.records``: a record that a table would refuse is
+    never written). An earlier record at ``out`` is removed first: a record is never in place
+    beside a store that is not its own.
     """
+    from samcache.records import validate_record
+
+    validate_record(json.loads(json.dumps(record)), out, check_path=False)
     out = Path(out)
     store = companion_path(out)
     out.unlink(missing_ok=True)

@@ -26,7 +26,6 @@ and attention layer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from samcache import __version__
+from samcache.atomic import atomic_path, write_text_atomic
+from samcache.records import load_record
 
 METRIC_LABELS = {"acc": "ACC", "auc": "AUC", "ap": "AP"}
 NO_BACKBONE = "no trainable backbone"
@@ -138,9 +139,17 @@ def record_key(rec: Mapping[str, Any]) -> tuple:
 
 
 def load_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    out = []
+    """Every record, validated (``samcache.records``); two records of one run are an error."""
+    out, seen = [], {}
     for p in paths:
-        rec = json.loads(Path(p).read_text())
+        rec = load_record(p)
+        key = record_key(rec)
+        if key in seen:
+            raise ValueError(
+                f"run records {seen[key]} and {p} both hold the run dataset={key[0]} "
+                f"task={key[1]} method={key[2]} fraction={key[3]:g} seed={key[4]}; keep one"
+            )
+        seen[key] = p
         rec["_path"] = str(p)
         out.append(rec)
     return out
@@ -423,6 +432,27 @@ def to_latex(
     return "\n".join(lines)
 
 
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Refuse a table that would silently mislead: an empty or repeated seed, fraction, row or
+    block (``seeds: [0, 0]`` would make one run look like two)."""
+    name = spec.get("name", "?")
+    lists = {
+        "blocks": [(b["dataset"], b["task"]) for b in spec["blocks"]],
+        "rows": [r["method"] for r in normalise_rows(spec["rows"])],
+        "fractions": [float(f) for f in spec["fractions"]],
+        "seeds": [int(s) for s in spec["seeds"]],
+        "metrics": list(spec["metrics"]),
+    }
+    for key, values in lists.items():
+        if not values:
+            raise ValueError(f"tables.{name}.{key}: empty; list at least one")
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(
+                f"tables.{name}.{key}: {repeated} listed more than once; list each once"
+            )
+
+
 def write_table(
     spec: Mapping[str, Any],
     record_paths: Sequence[str | Path],
@@ -436,10 +466,12 @@ def write_table(
     html: str | Path | None = None,
     rescore: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Every output of a table from its run records. With ``rescore`` (scorers by name, see
-    ``samcache.rescore``), the metrics are first recomputed from the runs' stored predictions."""
+    """Every output of a table from its run records, each written whole, and only once every
+    record has been validated. With ``rescore`` (scorers by name, see ``samcache.rescore``), the
+    metrics are first recomputed from the runs' stored predictions."""
     from samcache.compare import COLUMNS, compare_table, pairs
 
+    check_spec(spec)
     records = load_records(record_paths)
     if rescore is not None:
         from samcache.rescore import rescore_records
@@ -449,23 +481,26 @@ def write_table(
     spec = {**spec, "notes": provenance_notes(spec, runs)}
     summary = summary_frame(spec, runs)
     comp = compare_table(spec, records) if pairs(spec) else pd.DataFrame(columns=COLUMNS)
-    Path(md).parent.mkdir(parents=True, exist_ok=True)
-    Path(md).write_text(to_markdown(spec, summary, comp))
+    write_text_atomic(md, to_markdown(spec, summary, comp))
     if tex is not None:
-        Path(tex).write_text(to_latex(spec, summary, comp))
+        write_text_atomic(tex, to_latex(spec, summary, comp))
     flat = summary.copy()
     flat.columns = ["/".join(c) for c in flat.columns]
-    flat.round(4).to_csv(csv)
+    with atomic_path(csv) as tmp:
+        flat.round(4).to_csv(tmp)
     if runs_csv is not None:
-        runs.to_csv(runs_csv, index=False)
+        with atomic_path(runs_csv) as tmp:
+            runs.to_csv(tmp, index=False)
     if compare_csv is not None:
-        comp.to_csv(compare_csv, index=False)
+        with atomic_path(compare_csv) as tmp:
+            comp.to_csv(tmp, index=False)
     if html is not None:
         from samcache.table_html import to_html
 
-        Path(html).write_text(to_html(spec, summary, comp, runs))
+        write_text_atomic(html, to_html(spec, summary, comp, runs))
     if plot is not None:
         from samcache.plots import plot_table
 
-        plot_table(spec, runs, comp, plot)
+        with atomic_path(plot) as tmp:
+            plot_table(spec, runs, comp, tmp)
     return summary

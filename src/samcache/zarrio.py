@@ -9,10 +9,13 @@
 * An item counts as present only when its flag in the ``complete`` array is set, and the flag is
   written after all of the item's data. A process killed at any moment therefore leaves items
   that are complete or that read as missing, never an item that reads as complete but is not.
+* Every chunk is written, also one that holds only the fill value (zarr skips those by
+  default): a missing file then always means damage, never zeros (``samcache.integrity``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,9 @@ from zarr.codecs import BloscCodec
 #: Blosc + zstd with bit-shuffle: measured in ``benchmarks/cache_io.py`` against alternatives.
 DEFAULT_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 COMPLETE = "complete"
+
+# A missing chunk file must mean damage, never "all zeros" (see the module docstring).
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 class StoreError(RuntimeError):
@@ -102,12 +108,30 @@ class ItemLedger:
                 compressors=None,
             )
 
+    @staticmethod
+    def read(group: zarr.Group) -> np.ndarray:
+        """The completion flags of a store opened for reading (missing array: none done)."""
+        if COMPLETE not in group:
+            raise StoreError(f"{group.store_path}: no completion flags ('{COMPLETE}')")
+        flags = group[COMPLETE]
+        ledger = ItemLedger.__new__(ItemLedger)
+        ledger.n_items, ledger.unit, ledger.flags = flags.shape[0], flags.chunks[0], flags
+        return ledger.done()
+
     def units(self) -> Iterator[tuple[int, int]]:
         for start in range(0, self.n_items, self.unit):
             yield start, min(start + self.unit, self.n_items)
 
     def done(self) -> np.ndarray:
-        return np.asarray(self.flags[:], dtype=bool)
+        """The flags; a unit whose flags cannot be read counts as not done."""
+        try:
+            return np.asarray(self.flags[:], dtype=bool)
+        except Exception:  # a damaged flag chunk: read unit by unit, keep what decodes
+            out = np.zeros(self.n_items, dtype=bool)
+            for a, b in self.units():
+                with contextlib.suppress(Exception):
+                    out[a:b] = np.asarray(self.flags[a:b], dtype=bool)
+            return out
 
     def missing_units(self) -> list[tuple[int, int]]:
         done = self.done()
@@ -115,6 +139,13 @@ class ItemLedger:
 
     def mark(self, start: int, stop: int) -> None:
         self.flags[start:stop] = True
+
+    def clear(self, items: np.ndarray) -> None:
+        """Unset the flags of ``items`` (bools, one per item)."""
+        done = self.done()
+        for a, b in self.units():
+            if items[a:b].any():
+                self.flags[a:b] = done[a:b] & ~items[a:b]
 
     def all_complete(self) -> bool:
         return bool(self.done().all())

@@ -1,10 +1,12 @@
 import fnmatch
 import functools
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -13,11 +15,23 @@ min_version("9.0")
 # environments that do not have the package installed: its src/ goes first on the import path.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
-shell.prefix("export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % SRC)
+PREFIX = "export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % shlex.quote(SRC)
+# Jobs run `python`: without conda environments, that is the interpreter this workflow runs in
+# (which has samcache's dependencies), not whatever `python` comes first on PATH.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    PREFIX += "export PATH=%s:$PATH; " % shlex.quote(os.path.dirname(sys.executable))
+shell.prefix(PREFIX)
 
 from samcache import __version__ as SAMCACHE_VERSION  # noqa: E402
 from samcache.backbone_init import InitError, check_methods  # noqa: E402
-from samcache.config import config_error_message  # noqa: E402
+from samcache.config import (  # noqa: E402
+    ConfigError,
+    check_config,
+    check_method,
+    check_unique_keys,
+    config_error_message,
+)
+from samcache.integrity import manifest_problem  # noqa: E402
 from samcache.features.checkpoints import (
     CHECKPOINT_DIR,
     official_checkpoint,
@@ -31,7 +45,12 @@ from samcache.features.specs import (  # noqa: E402
 from samcache.sweep import RunRef, plan_batches, tidy_staged  # noqa: E402
 
 try:
+    for path in workflow.configfiles:  # YAML silently keeps one of two equal keys
+        check_unique_keys(path)
     validate(config, "../schemas/config.schema.yaml")
+    check_config(config)
+except ConfigError as err:
+    raise WorkflowError(f"invalid configuration: {err}") from None
 except Exception as err:  # name the offending key and stop before any job runs
     raise WorkflowError(config_error_message(err)) from None
 
@@ -222,14 +241,65 @@ def gpu_slots():
     return int(value) if isinstance(value, int) and value > 0 else 1
 
 
+@functools.cache
+def checked_method(name):
+    """The method's config, once its references, taps, head and head_args are checked: for
+    each method a planned run uses, while the DAG is built, so before any job runs."""
+    m = method_cfg(name)
+    try:
+        check_method(name, config)
+    except ConfigError as err:
+        raise WorkflowError(f"invalid configuration: {err}") from None
+    return m
+
+
+def may_mark_outputs():
+    """Whether this process plans jobs it will run here (not a job's own subprocess)."""
+    return workflow.is_main_process and workflow.executor_plugin is not None
+
+
+def mark_out_of_date(paths):
+    """Give existing outputs a modification time in 1970, so that Snakemake reruns the job
+    that makes them (their inputs are now newer) without deleting anything. (Not 0: Snakemake
+    reads a zero modification time as none.)"""
+    for path in paths:
+        if os.path.exists(path):
+            os.utime(path, (1, 1))
+
+
+@functools.cache
+def checked_manifest(manifest, rule):
+    """A cache's manifest; if the store beside it no longer holds what it claims (deleted,
+    flags cleared, a shard missing or truncated), the manifest is marked out of date so that
+    `rule` resumes the cache, recomputing only what is missing or damaged."""
+    if os.path.exists(manifest) and workflow.is_main_process:
+        problem = manifest_problem(manifest)
+        if problem is not None:
+            print(
+                f"samcache: {problem}. Rule {rule} resumes it and recomputes only the missing "
+                "or damaged images.",
+                file=sys.stderr,
+            )
+            if may_mark_outputs():
+                mark_out_of_date([manifest])
+    return manifest
+
+
 def method_caches(dataset, method):
     """Manifests of the caches a method's runs on `dataset` read, by train-rule input name."""
+    checked_method(method)
+    return cache_manifests(dataset, method)
+
+
+def cache_manifests(dataset, method):
     m = method_cfg(method)
     out = {}
     if m.get("features"):
-        out["features"] = f"{feature_dir(dataset, m['features'])}/manifest.json"
+        path = f"{feature_dir(dataset, m['features'])}/manifest.json"
+        out["features"] = checked_manifest(path, "features")
     if m.get("sam_prior"):
-        out["sam_prior"] = f"{sam_prior_dir(dataset, m['sam_prior'])}/manifest.json"
+        path = f"{sam_prior_dir(dataset, m['sam_prior'])}/manifest.json"
+        out["sam_prior"] = checked_manifest(path, "sam_prior")
     return out
 
 
@@ -434,6 +504,46 @@ def batch_execution_args():
     )
 
 
+TABLE_SUFFIXES = (".md", ".html", ".tex", ".csv", ".runs.csv", ".compare.csv", ".png")
+
+
+@functools.cache
+def stale_table(name):
+    """Why a built table is stale (a run record behind it is missing: a failed rerun, a record
+    deleted by hand), or "" if it is not built or not stale."""
+    md = f"results/tables/{name}.md"
+    records = table_records(name)
+    missing = [r for r in records if not os.path.exists(r)]
+    if not missing or not os.path.exists(md):
+        return ""
+    more = ", ..." if len(missing) > 1 else ""
+    return f"{len(missing)} of its run records are missing ({missing[0]}{more})"
+
+
+def table_inputs(name):
+    """The table's run records. Snakemake reruns nothing for a missing input of an existing
+    output, so a stale table is removed first; it is then rebuilt with the missing runs.
+    """
+    why = stale_table(name)
+    if why and workflow.is_main_process:
+        print(
+            f"samcache: table results/tables/{name}.md is stale: {why}; it is rebuilt.",
+            file=sys.stderr,
+        )
+        if may_mark_outputs() and not workflow.dryrun:
+            for suffix in TABLE_SUFFIXES:
+                path = f"results/tables/{name}{suffix}"
+                if os.path.exists(path):
+                    os.remove(path)
+    return table_records(name)
+
+
+def table_plan_marker(name):
+    """A table params entry: a dry run removes nothing, so there a stale table's params differ
+    from its last run's, and the plan shows the rebuild. Always "" in a real run."""
+    return stale_table(name) if workflow.dryrun else ""
+
+
 @functools.cache
 def tables_with_datasets():
     """Tables whose datasets are all defined; the others are named once on stderr."""
@@ -482,7 +592,8 @@ def get_cache_outputs():
         spec = table_cfg(t)
         for b in spec["blocks"]:
             for m in table_row_methods(spec):
-                out += method_caches(b["dataset"], m).values()
+                out += cache_manifests(b["dataset"], m).values()
             for sp in config["superpixels"]:
-                out.append(f"{superpixel_dir(b['dataset'], sp)}/manifest.json")
+                path = f"{superpixel_dir(b['dataset'], sp)}/manifest.json"
+                out.append(checked_manifest(path, "superpixels"))
     return sorted(set(out))

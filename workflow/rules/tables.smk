@@ -2,7 +2,7 @@ rule table:
     """A paper-shaped table (Markdown, LaTeX, CSV, HTML, per-run provenance), the paired
     comparisons of rows with their baseline rows, and its plot."""
     input:
-        lambda w: table_records(w.table),
+        lambda w: table_inputs(w.table),
     output:
         md="results/tables/{table}.md",
         html=report(
@@ -28,6 +28,7 @@ rule table:
         "../../envs/train.yaml"
     params:
         spec=lambda w: json.dumps(table_spec(w.table), sort_keys=True),
+        stale=lambda w: table_plan_marker(w.table),
     shell:
         "python -m samcache table --spec {params.spec:q} --md {output.md} --tex {output.tex} "
         "--csv {output.csv} --runs-csv {output.runs} --compare-csv {output.compare} "

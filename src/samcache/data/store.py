@@ -35,12 +35,16 @@ from pathlib import Path
 import numpy as np
 
 from samcache import __version__
+from samcache.integrity import require_sound
 from samcache.zarrio import StoreError, atomic_dir_path, create_item_array, open_group
 
 SPLITS = ("train", "val", "test")
 TASK_TYPES = ("binary", "multiclass", "ordinal", "multilabel", "segmentation")
 MASK_ARRAYS = ("masks/lesion", "masks/attributes")
 STORE_FORMAT = 1
+REBUILD_ADVICE = (
+    "Rebuild it: delete the store and run snakemake again (rule dataset), or `samcache dataset`"
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class DatasetStore:
         self._validate()
 
     def _fail(self, what: str) -> None:
-        raise StoreError(f"{self.path}: {what}. Rebuild the store with its samcache rule.")
+        raise StoreError(f"{self.path}: {what}. {REBUILD_ADVICE}")
 
     def _validate(self) -> None:
         g = self.group
@@ -111,6 +115,8 @@ class DatasetStore:
             if info["type"] == "segmentation":
                 self._validate_segmentation(name, info)
         h, w = img.shape[1:3]
+        if "fingerprint" not in self.attrs:
+            self._fail("attribute 'fingerprint' is missing")
         if "masks/lesion" in g and g["masks/lesion"].shape != (n, h, w):
             self._fail(f"'masks/lesion' has shape {g['masks/lesion'].shape}, expected {(n, h, w)}")
         if "masks/attributes" in g:
@@ -119,6 +125,7 @@ class DatasetStore:
                 self._fail(
                     f"'masks/attributes' has shape {g['masks/attributes'].shape}, expected {(n, a, h, w)}"
                 )
+        require_sound(g, self.path, np.ones(n, dtype=bool), REBUILD_ADVICE)
 
     def _validate_segmentation(self, name: str, info: Mapping[str, object]) -> None:
         mask = info.get("mask")
@@ -133,6 +140,35 @@ class DatasetStore:
             self._fail(
                 f"segmentation task '{name}' names {len(info['classes'])} classes for {channels} mask channels"
             )  # type: ignore[arg-type]
+
+    def compute_fingerprint(self) -> str:
+        """The content hash of every array, recomputed from the stored values.
+
+        The same hash as ``write_dataset_store`` records, in the same order: it reads every
+        pixel, so it is checked where images are read anyway (before a cache is built or
+        resumed, and by ``samcache verify``), not on every open.
+        """
+        g, h = self.group, hashlib.sha256()
+        labels = sorted(g["labels"].array_keys()) if "labels" in g else []
+        for key in ("images", "split", *(f"labels/{t}" for t in labels), *MASK_ARRAYS):
+            if key not in g:
+                continue
+            arr = g[key]
+            h.update(f"{key}:{arr.dtype.str}:{arr.shape}".encode())
+            step = (arr.shards or arr.chunks)[0]
+            for start in range(0, max(arr.shape[0], 1), step):
+                h.update(np.ascontiguousarray(arr[start : start + step]).tobytes())
+        return h.hexdigest()[:16]
+
+    def verify_fingerprint(self) -> None:
+        """Raise ``StoreError`` unless the stored values still hash to the recorded fingerprint."""
+        actual = self.compute_fingerprint()
+        if actual != self.fingerprint:
+            raise StoreError(
+                f"{self.path}: its contents hash to {actual}, not to its recorded fingerprint "
+                f"{self.fingerprint}: images, labels or masks changed after it was built. "
+                f"{REBUILD_ADVICE}"
+            )
 
     # --- contents -------------------------------------------------------------------------
     @property
@@ -265,47 +301,51 @@ def write_dataset_store(
     tmp = atomic_dir_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    g = open_group(tmp, "w")
-    h = hashlib.sha256()
-    shard = max(1, min(items_per_shard, n))
+    try:
+        g = open_group(tmp, "w")
+        h = hashlib.sha256()
+        shard = max(1, min(items_per_shard, n))
 
-    def put(key: str, arr: np.ndarray) -> None:
-        a = create_item_array(
-            g, key, n_items=n, item_shape=arr.shape[1:], dtype=arr.dtype, items_per_shard=shard
+        def put(key: str, arr: np.ndarray) -> None:
+            a = create_item_array(
+                g, key, n_items=n, item_shape=arr.shape[1:], dtype=arr.dtype, items_per_shard=shard
+            )
+            for start in range(0, n, shard):  # shard-aligned writes: no read-modify-write
+                a[start : start + shard] = arr[start : start + shard]
+            _hash_update(h, key, arr)
+
+        put("images", images)
+        g.create_array("split", data=split, chunks=(n,))
+        _hash_update(h, "split", split)
+        for task, values in sorted(labels.items()):
+            values = np.asarray(values)
+            g.create_array(f"labels/{task}", data=values, chunks=values.shape)
+            _hash_update(h, f"labels/{task}", values)
+        if lesion_mask is not None:
+            put("masks/lesion", np.asarray(lesion_mask, dtype=np.uint8))
+        if attributes is not None:
+            put("masks/attributes", np.asarray(attributes, dtype=np.uint8))
+        g.attrs.update(
+            {
+                "name": name,
+                "source": source,
+                "format": STORE_FORMAT,
+                "tasks": {k: dict(v) for k, v in tasks.items()},
+                "attribute_names": list(attribute_names),
+                "image_size": list(images.shape[1:3]),
+                "split_names": list(SPLITS),
+                "split_counts": {s: int((split == i).sum()) for i, s in enumerate(SPLITS)},
+                "fingerprint": h.hexdigest()[:16],
+                "samcache_version": __version__,
+                **dict(extra_attrs or {}),
+            }
         )
-        for start in range(0, n, shard):  # shard-aligned writes: no read-modify-write
-            a[start : start + shard] = arr[start : start + shard]
-        _hash_update(h, key, arr)
-
-    put("images", images)
-    g.create_array("split", data=split, chunks=(n,))
-    _hash_update(h, "split", split)
-    for task, values in sorted(labels.items()):
-        values = np.asarray(values)
-        g.create_array(f"labels/{task}", data=values, chunks=values.shape)
-        _hash_update(h, f"labels/{task}", values)
-    if lesion_mask is not None:
-        put("masks/lesion", np.asarray(lesion_mask, dtype=np.uint8))
-    if attributes is not None:
-        put("masks/attributes", np.asarray(attributes, dtype=np.uint8))
-    g.attrs.update(
-        {
-            "name": name,
-            "source": source,
-            "format": STORE_FORMAT,
-            "tasks": {k: dict(v) for k, v in tasks.items()},
-            "attribute_names": list(attribute_names),
-            "image_size": list(images.shape[1:3]),
-            "split_names": list(SPLITS),
-            "split_counts": {s: int((split == i).sum()) for i, s in enumerate(SPLITS)},
-            "fingerprint": h.hexdigest()[:16],
-            "samcache_version": __version__,
-            **dict(extra_attrs or {}),
-        }
-    )
-    store = DatasetStore(tmp)  # validate before it becomes visible under its final name
-    del store
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+        store = DatasetStore(tmp)  # validate before it becomes visible under its final name
+        del store
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:  # a full disk, a bad array: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return DatasetStore(path)

@@ -3,8 +3,9 @@
 Layout of ``features.zarr``::
 
     <tap array>   (N, C, g, g) float16 by default, one image per chunk, shards of whole batches
-    <tap array>__<view>  the same for each view beyond the identity (``samcache.views``): only
-                  the rows of training images are written
+    <tap array>__<view>  the same for each view beyond the identity (``samcache.views``): the
+                  rows of training images; other images' rows hold zeros (written, so that
+                  every flagged item has its chunk on disk and integrity checks hold)
     complete      (N,) bool, set for a batch only after all of its tap arrays are written
     attrs: cache_key, key_fields, dataset_fingerprint, batch_size, items_per_shard, taps,
            extractions (device, attention path and versions of every run that wrote to it)
@@ -48,8 +49,10 @@ from samcache.features.store import (
     TapInfo,
     create_store_atomically,
     exclusive_writer,
+    report_repairs,
     view_array_name,
 )
+from samcache.integrity import clear_damaged
 from samcache.zarrio import (
     ItemLedger,
     StoreError,
@@ -103,7 +106,7 @@ def _build_empty(g: zarr.Group, fset: FeatureSetSpec, ds: DatasetStore, batch_si
     item_bytes = max(t.channels * t.grid**2 * np.dtype(t.dtype).itemsize for t in taps)
     per_shard = _choose_items_per_shard(batch_size, item_bytes)
     for t in taps:
-        for view in fset.views:  # views beyond the identity: only training rows get written
+        for view in fset.views:  # views beyond the identity: zeros in the rows of other images
             create_item_array(
                 g,
                 view_array_name(t.array, view),
@@ -193,6 +196,7 @@ def extract_features(
         g = open_or_create_cache(out, fset, ds, batch_size)
         batch_size = int(g.attrs["batch_size"])  # a resumed cache keeps its batch composition
         ledger = ItemLedger(g, ds.n_items, int(g.attrs["items_per_shard"]))
+        report_repairs(out, clear_damaged(g, ledger))
         done = ledger.done()
         batches = [
             (a, min(a + batch_size, ds.n_items))
@@ -211,6 +215,7 @@ def extract_features(
         )
         attention = _resumed_attention(g, attention)
         if batches:
+            ds.verify_fingerprint()  # the images about to be encoded are the ones the key names
             weights = resolve_checkpoint(fset, checkpoint, checkpoint_dir)
             dev = resolve_device(device)
             _extract(ds, g, ledger, fset, batches, weights, dev, seed, attention, progress)

@@ -199,15 +199,19 @@ def run_pipeline(
             )
         for name, y in batch.taps.items():
             arrays[name][batch.start : batch.stop] = y.numpy()
-        for v, vb in (batch.views or {}).items():
-            if vb.ready is not None:
-                vb.ready.synchronize()
-            bad = [n for n, ok in zip(vb.taps, vb.finite.tolist(), strict=True) if not ok]
-            if bad:
-                raise FloatingPointError(f"taps {bad} of view {v} are not finite")
-            for name, y in vb.taps.items():
-                for j, item in enumerate(vb.items):
-                    view_arrays[v][name][int(item)] = y[j].numpy()
+        for v in extra_views:  # whole batches, zeros where an image is not a training image:
+            vb = (batch.views or {}).get(v)  # every flagged item then has its chunk on disk
+            if vb is not None:
+                if vb.ready is not None:
+                    vb.ready.synchronize()
+                bad = [n for n, ok in zip(vb.taps, vb.finite.tolist(), strict=True) if not ok]
+                if bad:
+                    raise FloatingPointError(f"taps {bad} of view {v} are not finite")
+            for name, arr in view_arrays[v].items():
+                block = np.zeros((batch.stop - batch.start, *arr.shape[1:]), dtype=arr.dtype)
+                if vb is not None:
+                    block[np.asarray(vb.items) - batch.start] = vb.taps[name].numpy()
+                arr[batch.start : batch.stop] = block
         ledger.mark(batch.start, batch.stop)  # only after every tap of the batch is on disk
 
     def writer() -> None:

@@ -125,12 +125,9 @@ def compute_sam_priors(
     progress: bool = True,
 ) -> Path:
     """Fill (or finish) the prior cache at ``out`` for every image of ``dataset``."""
-    import torch
-    from segment_anything import SamAutomaticMaskGenerator
-
     from samcache.data.store import DatasetStore
-    from samcache.device import resolve_device
-    from samcache.progress import progress_bar
+    from samcache.features.store import create_store_atomically, exclusive_writer, report_repairs
+    from samcache.integrity import clear_damaged
     from samcache.zarrio import (
         ItemLedger,
         StoreError,
@@ -142,60 +139,85 @@ def compute_sam_priors(
     out = Path(out)
     ds = DatasetStore(dataset)
     h, w = ds.image_shape
-    if (out / "zarr.json").is_file():
-        g = open_group(out, "r+")
-        if g.attrs.get("cache_key") != key or g.attrs.get("dataset_fingerprint") != ds.fingerprint:
-            raise StoreError(f"{out}: holds SAM priors built with other settings; delete it")
-        remove_partial_files(out)
-        unit = int(g.attrs["unit"])
-    else:
-        g = open_group(out, "w")
-        unit = max(1, min(unit, ds.n_items))
+
+    def build(g) -> None:
+        n_unit = max(1, min(unit, ds.n_items))
         create_item_array(
-            g, "prior", n_items=ds.n_items, item_shape=(h, w), dtype="float16", items_per_shard=unit
+            g,
+            "prior",
+            n_items=ds.n_items,
+            item_shape=(h, w),
+            dtype="float16",
+            items_per_shard=n_unit,
         )
         create_item_array(
-            g, "n_masks", n_items=ds.n_items, item_shape=(), dtype="int32", items_per_shard=unit
+            g, "n_masks", n_items=ds.n_items, item_shape=(), dtype="int32", items_per_shard=n_unit
         )
+        ItemLedger(g, ds.n_items, n_unit)
         g.attrs.update(
             {
                 "cache_key": key,
                 "amg": asdict(params),
                 "dataset_fingerprint": ds.fingerprint,
                 "dataset_path": str(ds.path),
-                "unit": unit,
+                "unit": n_unit,
             }
         )
-    ledger = ItemLedger(g, ds.n_items, unit)
-    todo = ledger.missing_units()
-    if todo:
-        sam = build_sam(params, checkpoint).to(resolve_device(device))
-        amg = SamAutomaticMaskGenerator(
-            sam,
-            points_per_side=params.points_per_side,
-            points_per_batch=params.points_per_batch,
-            pred_iou_thresh=params.pred_iou_thresh,
-            stability_score_thresh=params.stability_score_thresh,
-            stability_score_offset=params.stability_score_offset,
-            box_nms_thresh=params.box_nms_thresh,
-        )
-        bar = progress_bar(
-            total=sum(b - a for a, b in todo), desc="SAM masks", unit="img", enable=progress
-        )
-        try:
-            with torch.inference_mode():
-                for a, b in todo:
-                    masks = [amg.generate(np.asarray(im)) for im in ds.images[a:b]]
-                    g["prior"][a:b] = np.stack(
-                        [prior_map(m, (h, w), params.mask_weight) for m in masks]
-                    ).astype(np.float16)
-                    g["n_masks"][a:b] = np.array([len(m) for m in masks], dtype=np.int32)
-                    ledger.mark(a, b)
-                    bar.update(b - a)
-        finally:
-            bar.close()
-    g.attrs["complete"] = True
+
+    with exclusive_writer(out):
+        if (out / "zarr.json").is_file():
+            g = open_group(out, "r+")
+            if (
+                g.attrs.get("cache_key") != key
+                or g.attrs.get("dataset_fingerprint") != ds.fingerprint
+            ):
+                raise StoreError(f"{out}: holds SAM priors built with other settings; delete it")
+            remove_partial_files(out)
+        else:
+            g = create_store_atomically(out, build)
+        ledger = ItemLedger(g, ds.n_items, int(g.attrs["unit"]))
+        report_repairs(out, clear_damaged(g, ledger))
+        todo = ledger.missing_units()
+        if todo:
+            ds.verify_fingerprint()  # the images about to be segmented are the keyed ones
+            _fill(g, ledger, todo, ds, params, checkpoint, device, progress)
     return out
+
+
+def _fill(g, ledger, todo, ds, params, checkpoint, device, progress) -> None:
+    """Run the automatic mask generator on the images of the units ``todo``."""
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from samcache.device import resolve_device
+    from samcache.progress import progress_bar
+
+    h, w = ds.image_shape
+    sam = build_sam(params, checkpoint).to(resolve_device(device))
+    amg = SamAutomaticMaskGenerator(
+        sam,
+        points_per_side=params.points_per_side,
+        points_per_batch=params.points_per_batch,
+        pred_iou_thresh=params.pred_iou_thresh,
+        stability_score_thresh=params.stability_score_thresh,
+        stability_score_offset=params.stability_score_offset,
+        box_nms_thresh=params.box_nms_thresh,
+    )
+    bar = progress_bar(
+        total=sum(b - a for a, b in todo), desc="SAM masks", unit="img", enable=progress
+    )
+    try:
+        with torch.inference_mode():
+            for a, b in todo:
+                masks = [amg.generate(np.asarray(im)) for im in ds.images[a:b]]
+                g["prior"][a:b] = np.stack(
+                    [prior_map(m, (h, w), params.mask_weight) for m in masks]
+                ).astype(np.float16)
+                g["n_masks"][a:b] = np.array([len(m) for m in masks], dtype=np.int32)
+                ledger.mark(a, b)
+                bar.update(b - a)
+    finally:
+        bar.close()
 
 
 def stored_key(path: str | Path) -> str:
@@ -207,11 +229,17 @@ def stored_key(path: str | Path) -> str:
 
 def open_sam_priors(path: str | Path, *, expect_key: str | None = None):
     """The ``prior`` array of a complete cache (checked against ``expect_key``)."""
-    from samcache.zarrio import StoreError, open_group
+    from samcache.integrity import require_sound, resume_advice
+    from samcache.zarrio import ItemLedger, StoreError, open_group
 
     g = open_group(path, "r")
     if expect_key is not None and g.attrs.get("cache_key") != expect_key:
         raise StoreError(f"{path}: SAM prior cache key differs from the expected {expect_key}")
-    if not np.asarray(g["complete"][:]).all():
-        raise StoreError(f"{path}: SAM prior computation is incomplete; re-run it to resume")
+    done, advice = ItemLedger.read(g), resume_advice("sam-prior")
+    if not done.all():
+        raise StoreError(
+            f"{path}: SAM priors are incomplete ({int((~done).sum())} of {len(done)} images "
+            f"missing). {advice}"
+        )
+    require_sound(g, path, done, advice)
     return g["prior"]

@@ -298,16 +298,18 @@ def _cached_file_sha256(path: str) -> str:
     st = os.stat(p)
     memo = p.with_name(p.name + ".sha256.json")
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if memo.is_file():
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # unreadable: re-hash
         saved = json.loads(memo.read_text())
-        if {k: saved.get(k) for k in stamp} == stamp:
+        if {k: saved.get(k) for k in stamp} == stamp and len(saved["sha256"]) == 64:
             return saved["sha256"]
     h = hashlib.sha256()
     with open(p, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
     with contextlib.suppress(OSError):  # a read-only folder only costs a re-hash next time
-        memo.write_text(json.dumps({**stamp, "sha256": h.hexdigest()}))
+        from samcache.atomic import write_text_atomic
+
+        write_text_atomic(memo, json.dumps({**stamp, "sha256": h.hexdigest()}))
     return h.hexdigest()
 
 

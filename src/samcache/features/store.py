@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,18 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from samcache.zarrio import StoreError, atomic_dir_path, open_group
+from samcache.integrity import (
+    Damage,
+    finite_or_raise,
+    require_sound,
+    resume_advice,
+    undecodable,
+)
+from samcache.zarrio import ItemLedger, StoreError, atomic_dir_path, open_group
+
+log = logging.getLogger(__name__)
+
+RESUME_ADVICE = resume_advice("features")
 
 
 @contextlib.contextmanager
@@ -44,14 +56,26 @@ def create_store_atomically(path: Path, build: Callable[[zarr.Group], None]) -> 
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = atomic_dir_path(path)
-    build(open_group(tmp, "w"))
-    tmp.rename(path)
+    try:
+        build(open_group(tmp, "w"))
+        tmp.rename(path)
+    except BaseException:  # a full disk, an interrupt: leave nothing half-built behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return open_group(path, "r+")
 
 
 def view_array_name(array: str, view: str) -> str:
     """The array of a tap under a view: the tap's own array for the identity."""
     return array if view == "identity" else f"{array}__{view}"
+
+
+def report_repairs(path: Path, damages: list[Damage]) -> None:
+    """Log the damaged items whose flags a resuming writer cleared (it recomputes them)."""
+    if damages:
+        shown = "; ".join(str(d) for d in damages[:5])
+        more = f"; and {len(damages) - 5} more" if len(damages) > 5 else ""
+        log.warning("%s: damaged, recomputing: %s%s", path, shown, more)
 
 
 @dataclass(frozen=True)
@@ -91,11 +115,14 @@ class FeatureStore:
                 f"{self.path}: built from dataset fingerprint {self.attrs['dataset_fingerprint']}, "
                 f"but the dataset store now has {expect_dataset}. The dataset changed; rebuild the cache."
             )
-        if not allow_incomplete and not bool(np.asarray(self.group["complete"][:]).all()):
+        done = ItemLedger.read(self.group)
+        if not allow_incomplete and not done.all():
             raise StoreError(
-                f"{self.path}: extraction is incomplete. Re-run `samcache features` (or the Snakemake "
-                "rule) to resume it."
+                f"{self.path}: extraction is incomplete ({int((~done).sum())} of {len(done)} "
+                f"images missing). {RESUME_ADVICE}"
             )
+        arrays = [view_array_name(t.array, v) for t in self.taps.values() for v in self.views]
+        require_sound(self.group, self.path, done, RESUME_ADVICE, arrays=arrays)
 
     @property
     def key(self) -> str:
@@ -168,10 +195,13 @@ def read_items(array: zarr.Array, indices: np.ndarray) -> np.ndarray:
 
     def fill(k: int) -> None:
         a, b = runs[k]
-        block = array[a:b]
-        out[starts[k] : starts[k + 1]] = (
-            block if len(block) == len(groups[k]) else block[groups[k] - a]
-        )
+        try:
+            block = array[a:b]
+        except Exception as err:  # zarr and its codecs raise many kinds; each means damage
+            raise undecodable(array, a, b, err) from None
+        rows = out[starts[k] : starts[k + 1]]
+        rows[...] = block if len(block) == len(groups[k]) else block[groups[k] - a]
+        finite_or_raise(rows, array, groups[k])  # a damaged cache is an error, never data
 
     if len(runs) > 1:
         with ThreadPoolExecutor(min(READ_THREADS, len(runs))) as pool:

@@ -21,7 +21,8 @@ from skimage.segmentation import slic
 
 from samcache.data.store import DatasetStore
 from samcache.features.specs import SlicParams
-from samcache.features.store import create_store_atomically, exclusive_writer
+from samcache.features.store import create_store_atomically, exclusive_writer, report_repairs
+from samcache.integrity import clear_damaged, require_sound, resume_advice
 from samcache.progress import progress_bar
 from samcache.zarrio import (
     ItemLedger,
@@ -32,6 +33,7 @@ from samcache.zarrio import (
 )
 
 log = logging.getLogger(__name__)
+RESUME_ADVICE = resume_advice("superpixels")
 
 
 def slic_labels(image: np.ndarray, params: SlicParams) -> np.ndarray:
@@ -118,7 +120,10 @@ def compute_superpixels(
     with exclusive_writer(out):
         g = _open_or_create(out, ds, params, key, unit)
         ledger = ItemLedger(g, ds.n_items, int(g.attrs["unit"]))
+        report_repairs(out, clear_damaged(g, ledger))
         todo = ledger.missing_units()
+        if todo:
+            ds.verify_fingerprint()  # the images about to be segmented are the keyed ones
         n_todo = sum(b - a for a, b in todo)
         log.info("%s: %d of %d images already complete", out, ds.n_items - n_todo, ds.n_items)
         labels = g["labels"]
@@ -143,10 +148,16 @@ def compute_superpixels(
     return out
 
 
-def open_superpixels(path: str | Path, *, expect_key: str | None = None) -> np.ndarray:
+def open_superpixels(path: str | Path, *, expect_key: str | None = None) -> zarr.Array:
+    """The ``labels`` array of a complete, sound cache (checked against ``expect_key``)."""
     g = open_group(path, "r")
     if expect_key is not None and g.attrs.get("cache_key") != expect_key:
         raise StoreError(f"{path}: superpixel cache key differs from the expected {expect_key}")
-    if not np.asarray(g["complete"][:]).all():
-        raise StoreError(f"{path}: superpixel computation is incomplete; re-run it to resume")
+    done = ItemLedger.read(g)
+    if not done.all():
+        raise StoreError(
+            f"{path}: superpixels are incomplete ({int((~done).sum())} of {len(done)} images "
+            f"missing). {RESUME_ADVICE}"
+        )
+    require_sound(g, path, done, RESUME_ADVICE)
     return g["labels"]

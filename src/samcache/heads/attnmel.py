@@ -27,7 +27,6 @@ a run evaluates their Jaccard index against the lesion masks of the test split.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from samcache.heads.attention_gate import AttentionGate, RoiRegularised, gap
-from samcache.heads.base import register_head
+from samcache.heads.base import check_head_args, register_head
 from samcache.heads.vgg import VGGBackbone, load_checkpoint_into
 
 SEED001_ROI_WEIGHTS = (0.001, 0.01)
@@ -46,23 +45,6 @@ def linear_classifier(in_features: int, n_outputs: int) -> nn.Linear:
     nn.init.normal_(fc.weight, 0, 0.01)
     nn.init.zeros_(fc.bias)
     return fc
-
-
-def check_head_args(cls: type, kwargs: Mapping[str, Any]) -> None:
-    """Name unknown ``head_args`` keys and the accepted ones (a typo is not silently ignored)."""
-    accepted: set[str] = set()
-    for klass in cls.__mro__:  # keyword-only settings of every __init__ that passes **kwargs on
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        accepted |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ValueError(
-            f"head_args {unknown} are not settings of {cls.__name__}; it takes {sorted(accepted)}"
-        )
 
 
 class VGGHead(RoiRegularised):

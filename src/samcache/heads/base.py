@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -75,6 +76,47 @@ def head_class(name: str) -> type[Head]:
         return HEADS[name]
     except KeyError:
         raise KeyError(f"unknown head '{name}'; registered heads: {sorted(HEADS)}") from None
+
+
+def _init_settings(cls: type) -> set[str]:
+    """Keyword-only settings of every ``__init__`` in the MRO that passes ``**kwargs`` on."""
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        accepted |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return accepted
+
+
+def head_arguments(name: str) -> set[str]:
+    """The ``head_args`` a head accepts: the keyword arguments of its ``from_shapes`` and, where
+    that passes ``**kwargs`` on to the constructor, the constructor's keyword-only settings."""
+    cls = head_class(name)
+    params = inspect.signature(cls.from_shapes).parameters.values()
+    named = {
+        p.name
+        for p in params
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in _SHAPE_ARGS
+    }
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        named |= _init_settings(cls)
+    return named
+
+
+_SHAPE_ARGS = {"n_outputs", "input_shapes"}
+
+
+def check_head_args(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """Name unknown ``head_args`` keys and the accepted ones (a typo is not silently ignored)."""
+    accepted = _init_settings(cls)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"head_args {unknown} are not settings of {cls.__name__}; it takes {sorted(accepted)}"
+        )
 
 
 def build_head(

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from samcache.heads.attention_gate import AttentionGate, RoiRegularised, gap
-from samcache.heads.attnmel import check_head_args, linear_classifier
-from samcache.heads.base import register_head
+from samcache.heads.attnmel import linear_classifier
+from samcache.heads.base import check_head_args, register_head
 
 
 def map_name(tap: str) -> str:

@@ -10,15 +10,20 @@
   nothing visible at 224 pixels.
 * A mask is resampled the same way as a fraction of foreground per pixel and thresholded at
   one half, so a thin structure is neither dropped nor thickened by nearest-neighbour aliasing.
+* What the sources do not document is refused, naming the file: an image that is not 8-bit
+  (a 16-bit one would be clipped), a mask with values other than 0 and 255, a file that is not
+  an image or is truncated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 Box = tuple[int, int, int, int]
 
@@ -40,9 +45,33 @@ def _resize(im: Image.Image, box: tuple[float, float, float, float], size: int) 
     return im.resize((size, size), Image.Resampling.BILINEAR)
 
 
+#: Pillow modes of 8-bit images that become RGB without losing anything (a 16-bit or float
+#: image would be clipped, an alpha channel dropped: those are refused).
+EIGHT_BIT_MODES = ("RGB", "L", "P")
+
+
+class ImageError(ValueError):
+    """An image or mask file that is not what its source documents."""
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open``, with unreadable files (not an image, truncated) as one clear error."""
+    try:
+        with Image.open(path) as im:
+            yield im
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageError(f"{path.name}: not a readable image ({err})") from None
+
+
 def load_image(path: Path, size: int, center_crop: float | None = None) -> np.ndarray:
-    """(size, size, 3) uint8 RGB."""
-    with Image.open(path) as im:
+    """(size, size, 3) uint8 RGB, from an 8-bit image (16-bit and float images are refused)."""
+    with opened(path) as im:
+        if im.mode not in EIGHT_BIT_MODES:
+            raise ImageError(
+                f"{path.name}: image mode {im.mode!r}, not an 8-bit RGB or grey image; "
+                "converting it would clip or drop values"
+            )
         full = im.size
         if im.format == "JPEG":
             short = min(full) * (center_crop or 1.0)
@@ -55,7 +84,7 @@ def load_image(path: Path, size: int, center_crop: float | None = None) -> np.nd
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
+    with opened(path) as im:
         return im.size
 
 
@@ -68,13 +97,27 @@ def resize_mask(mask: np.ndarray, size: int, center_crop: float | None = None) -
 
 
 def read_mask(path: Path, expect: tuple[int, int] | None = None) -> np.ndarray:
-    """A binary PNG mask (0 / 255) as a boolean (H, W) array, checked against the image size."""
-    with Image.open(path) as im:
+    """A binary PNG mask as a boolean (H, W) array, checked against the image size.
+
+    ISIC documents its masks as 0 (background) and 255 (foreground); any other value (a mask
+    saved as 0/1, a greyscale or anti-aliased one) is refused rather than thresholded.
+    """
+    with opened(path) as im:
         if expect is not None and im.size != expect:
-            raise ValueError(
+            raise ImageError(
                 f"{path.name}: mask is {im.size[0]}x{im.size[1]}, its image {expect[0]}x{expect[1]}"
             )
-        return np.asarray(im.convert("L")) >= 128
+        if im.mode not in ("1", "L", "P"):
+            raise ImageError(f"{path.name}: mask mode {im.mode!r}, not a single-channel mask")
+        values = np.asarray(im.convert("L"))
+    other = sorted(set(np.unique(values).tolist()) - {0, 255})
+    if other:
+        shown = ", ".join(str(v) for v in other[:5]) + (", ..." if len(other) > 5 else "")
+        raise ImageError(
+            f"{path.name}: mask values {shown} besides 0 and 255; the source documents binary "
+            "masks of 0 (background) and 255 (foreground)"
+        )
+    return values == 255
 
 
 def load_mask(

@@ -35,8 +35,9 @@ key ``checksums`` or, failing that, the checksum recorded at its first download
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from samcache.data.sources.raw import (
     carve_validation,
     extracted,
     find_members,
-    obtain,
+    obtained,
     parallel_map,
     require,
     with_settings,
@@ -138,6 +139,7 @@ class Item:
     superpixels: Path | None = None
     features: Path | None = None
     attributes: tuple[Path, ...] = ()
+    files: SplitFiles | None = None  # the archives the item's files come from
 
 
 def collect_split(
@@ -176,10 +178,24 @@ def collect_split(
         labels = require(edition.read_labels(paths[sf.labels]), ids, "label row", sf.labels)
     split = SPLITS.index(sf.split)
     items = [
-        Item(split, i, images[i], lesions[k], superpixels[k], features[k], attributes[k])
+        Item(split, i, images[i], lesions[k], superpixels[k], features[k], attributes[k], sf)
         for k, i in enumerate(ids)
     ]
     return items, labels
+
+
+@contextlib.contextmanager
+def from_archive(archive: str | None) -> Iterator[None]:
+    """Name the archive a bad member comes from, and what to do about it."""
+    try:
+        yield
+    except ValueError as err:
+        if archive is None:
+            raise
+        raise ValueError(
+            f"{archive}: member {err}. Is this the official archive? Replace it with an intact "
+            "copy (delete it to download it again)"
+        ) from None
 
 
 def _load_all(
@@ -192,16 +208,21 @@ def _load_all(
 
     def load(k: int) -> None:
         it = items[k]
-        full = image_size_of(it.image)
-        images[k] = load_image(it.image, size, crop)
-        lesion[k] = load_mask(it.lesion, size, crop, expect=full)
+        sf = it.files
+        with from_archive(sf.images if sf else None):
+            full = image_size_of(it.image)
+            images[k] = load_image(it.image, size, crop)
+        with from_archive(sf.lesion if sf else None):
+            lesion[k] = load_mask(it.lesion, size, crop, expect=full)
         if attrs is None:
             return
         if it.features is not None and it.superpixels is not None:
-            masks = superpixel_feature_masks(it.superpixels, it.features, names, full)
+            with from_archive(f"{sf.images} or {sf.features}" if sf else None):
+                masks = superpixel_feature_masks(it.superpixels, it.features, names, full)
             attrs[k] = [resize_mask(m, size, crop) for m in masks]
         else:
-            attrs[k] = [load_mask(p, size, crop, expect=full) for p in it.attributes]
+            with from_archive(sf.attributes if sf else None):
+                attrs[k] = [load_mask(p, size, crop, expect=full) for p in it.attributes]
 
     parallel_map(load, list(range(n)), threads, f"images at {size} px")
     return images, lesion, attrs
@@ -216,11 +237,24 @@ def build_edition(
     *,
     threads: int = 1,
 ) -> DatasetStore:
-    size = int(spec.get("image_size", 224))
-    crop = spec.get("center_crop")
     files = with_settings(edition.files(spec), spec)
     folder = Path(raw_dir) / edition.name
-    paths, provenance = obtain(files, folder, spec)
+    with obtained(files, folder, spec) as (paths, provenance):
+        return _convert(edition, name, spec, folder, paths, provenance, out, threads)
+
+
+def _convert(
+    edition: Edition,
+    name: str,
+    spec: Mapping[str, Any],
+    folder: Path,
+    paths: Mapping[str, Path],
+    provenance: list[dict[str, object]],
+    out: Path,
+    threads: int,
+) -> DatasetStore:
+    size = int(spec.get("image_size", 224))
+    crop = spec.get("center_crop")
     archives = {a: paths[a] for sf in edition.splits for a in sf.archives}
     items, rows = [], []
     with extracted(archives, folder) as roots:

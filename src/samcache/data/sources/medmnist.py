@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import pickle
 import sys
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from samcache.data.sources import Source, register_source
-from samcache.data.sources.raw import obtain, parallel_map, with_settings
+from samcache.data.sources.raw import obtained, parallel_map, with_settings
 from samcache.data.store import SPLITS, DatasetStore, write_dataset_store
 from samcache.download import RemoteFile
 
@@ -105,21 +108,45 @@ def _resized(images: np.ndarray, size: int, threads: int) -> np.ndarray:
     return np.stack(parallel_map(one, list(images), threads, f"resize to {size}"))
 
 
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz; a file numpy cannot read (truncated, corrupt, not an npz, or
+    holding pickled objects) is one error that names it."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as err:
+        raise ValueError(
+            f"{path}: not a readable npz file ({type(err).__name__}: {err}). Delete it and "
+            "download it again (or place an intact copy there)"
+        ) from None
+
+
 def read_npz(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images (N, S, S, 3), labels (N,) and split (N,) of a MedMNIST npz, splits in order."""
+    npz = _npz_arrays(path)
     images, labels, split = [], [], []
-    with np.load(path) as npz:
-        for s, name in enumerate(SPLITS):
-            for key in (f"{name}_images", f"{name}_labels"):
-                if key not in npz.files:
-                    raise ValueError(f"{path}: no array '{key}' (has {sorted(npz.files)})")
-            x = _to_rgb(npz[f"{name}_images"], path, f"{name}_images")
-            y = npz[f"{name}_labels"].reshape(len(x), -1)
-            if y.shape[1] != 1 or y.min(initial=0) < 0 or y.max(initial=0) >= n_classes:
-                raise ValueError(f"{path}: '{name}_labels' is not one class in 0..{n_classes - 1}")
-            images.append(x)
-            labels.append(y[:, 0].astype(np.int64))
-            split.append(np.full(len(x), s, dtype=np.uint8))
+    for s, name in enumerate(SPLITS):
+        for key in (f"{name}_images", f"{name}_labels"):
+            if key not in npz:
+                raise ValueError(f"{path}: no array '{key}' (has {sorted(npz)})")
+        x = _to_rgb(npz[f"{name}_images"], path, f"{name}_images")
+        if len(npz[f"{name}_labels"]) != len(x):
+            raise ValueError(
+                f"{path}: {len(npz[f'{name}_labels'])} '{name}_labels' for {len(x)} images"
+            )
+        y = npz[f"{name}_labels"].reshape(len(x), -1)
+        if y.shape[1] != 1 or y.min(initial=0) < 0 or y.max(initial=0) >= n_classes:
+            raise ValueError(f"{path}: '{name}_labels' is not one class in 0..{n_classes - 1}")
+        images.append(x)
+        labels.append(y[:, 0].astype(np.int64))
+        split.append(np.full(len(x), s, dtype=np.uint8))
     return np.concatenate(images), np.concatenate(labels), np.concatenate(split)
 
 
@@ -139,8 +166,8 @@ def _build(
     task, task_type, _ = TASKS[flag]
     classes = _class_names(flag)
     files = with_settings(_files(flag, spec), spec)
-    paths, provenance = obtain(files, Path(raw_dir) / flag, spec)
-    images, labels, split = read_npz(paths[files[0].filename], len(classes))
+    with obtained(files, Path(raw_dir) / flag, spec) as (paths, provenance):
+        images, labels, split = read_npz(paths[files[0].filename], len(classes))
     size = int(spec.get("image_size", 224))
     return write_dataset_store(
         out,

@@ -32,7 +32,13 @@ import numpy as np
 
 from samcache.archives import extract_archive
 from samcache.data.fractions import fraction_subsample
-from samcache.download import DownloadError, RemoteFile, fetch, with_recorded_checksum
+from samcache.download import (
+    DownloadError,
+    RemoteFile,
+    fetch,
+    lock_path,
+    with_recorded_checksum,
+)
 from samcache.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,25 @@ def with_settings(files: Sequence[RemoteFile], spec: Mapping[str, Any]) -> list[
             f = replace(f, sha256=pinned, md5=None, size=None, origin="pinned")
         out.append(f)
     return out
+
+
+@contextmanager
+def obtained(
+    files: Sequence[RemoteFile], folder: Path, spec: Mapping[str, Any], *, progress: bool = True
+) -> Iterator[tuple[dict[str, Path], list[dict[str, object]]]]:
+    """``obtain`` for the duration of a conversion. A checksum recorded at this first use is
+    removed again if the conversion fails: the file may be the wrong one, and a lock on the
+    wrong file's checksum would refuse the right one placed there next."""
+    fresh = [f.filename for f in files if not lock_path(folder, f.filename).exists()]
+    try:
+        yield obtain(files, folder, spec, progress=progress)
+    except BaseException:
+        for name in fresh:
+            lock = lock_path(folder, name)
+            if lock.exists():
+                lock.unlink()
+                log.warning("%s: the checksum recorded at its first use is removed again", lock)
+        raise
 
 
 def obtain(
