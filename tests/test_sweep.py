@@ -291,3 +291,25 @@ def test_a_staged_record_is_put_in_place_only_if_it_is_the_run_as_configured(tmp
     assert staged_path(record).exists() and not record.exists()
     assert place_staged(record, expect, METHODS["lin"])
     assert json.loads(record.read_text()) == rec and not staged_path(record).exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_inputs_resident_on_the_gpu_give_the_host_values(small_store, small_features):
+    import torch
+
+    from samcache.inputs import RunInputs
+    from samcache.resident import ResidentCache
+
+    items = small_store.indices("train")
+    kw = dict(labels=small_store.labels("grade"), features=small_features, taps=["block:1", "neck"])
+    needs = frozenset({"taps", "image"})
+    on_gpu = ResidentCache(1, device="cuda", device_memory_gb=1)
+    with (
+        RunInputs(small_store, needs, items, items, cache=on_gpu, image_size=32, **kw) as gpu,
+        RunInputs(small_store, needs, items, items, image_size=32, **kw) as host,
+    ):
+        a, b = gpu.batch(items[::-1][:8]), host.batch(items[::-1][:8])
+        assert a["taps"]["neck"].device.type == "cuda" and a["image"].device.type == "cuda"
+        for t in ("block:1", "neck"):
+            torch.testing.assert_close(a["taps"][t].cpu(), b["taps"][t], rtol=0, atol=0)
+        torch.testing.assert_close(a["image"].cpu(), b["image"])
