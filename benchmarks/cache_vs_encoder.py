@@ -32,44 +32,22 @@ import platform
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
-from segment_anything.modeling import ImageEncoderViT
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from samcache.features.cost import encoder_flops  # noqa: E402
-from samcache.features.encoders import encoder_spec  # noqa: E402
+from samcache.features.encoders import build_encoder, encoder_spec  # noqa: E402
 from samcache.features.specs import TapSpec  # noqa: E402
 from samcache.features.taps import TapRecorder  # noqa: E402
 from samcache.heads import build_head  # noqa: E402
 
 VIT_B_TAPS = ["patch_embed", "block:1", "block:6", "block:12", "neck"]
 VIT_H_TAPS = ["patch_embed", "block:1", "block:16", "block:32", "neck"]
-
-
-def small_encoder(name: str, img_size: int) -> ImageEncoderViT:
-    spec = encoder_spec(name)
-    torch.manual_seed(0)
-    enc = ImageEncoderViT(
-        img_size=img_size,
-        patch_size=spec.patch_size,
-        embed_dim=spec.embed_dim,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
-        mlp_ratio=4,
-        out_chans=spec.out_chans,
-        qkv_bias=True,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=spec.window_size,
-        global_attn_indexes=spec.global_attn_indexes,
-    )
-    return enc.eval().requires_grad_(False)
 
 
 def fusion_head(tap_shapes: dict, backbone: str, image_size: int):
@@ -116,7 +94,7 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    enc = small_encoder("vit_b", a.input)
+    enc = build_encoder("vit_b", seed=0, img_size=a.input)
     recorder = TapRecorder(enc, [TapSpec(t) for t in VIT_B_TAPS])
     gen = torch.Generator().manual_seed(0)
     sam_in = torch.randn(a.images, 3, a.input, a.input, generator=gen)

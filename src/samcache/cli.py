@@ -237,7 +237,7 @@ def cmd_train_batch(a: argparse.Namespace) -> None:
         )
 
 
-def cmd_table(a: argparse.Namespace) -> None:
+def _write_table(a: argparse.Namespace, rescore=None) -> None:
     from samcache.tables import write_table
 
     spec = load_spec(a.spec)
@@ -252,29 +252,20 @@ def cmd_table(a: argparse.Namespace) -> None:
         tex=a.tex,
         compare_csv=a.compare_csv,
         html=a.html,
+        rescore=rescore,
     )
+
+
+def cmd_table(a: argparse.Namespace) -> None:
+    _write_table(a)
     log.info("wrote %s and %s from %d run records", a.md, a.csv, len(a.records))
 
 
 def cmd_rescore(a: argparse.Namespace) -> None:
     from samcache.rescore import parse_scorer
-    from samcache.tables import write_table
 
-    spec = load_spec(a.spec)
-    spec.setdefault("name", Path(a.md).stem)
     scorers = dict(parse_scorer(m) for m in a.metric or [])
-    write_table(
-        spec,
-        a.records,
-        a.md,
-        a.csv,
-        a.runs_csv,
-        a.plot,
-        tex=a.tex,
-        compare_csv=a.compare_csv,
-        html=a.html,
-        rescore=scorers,
-    )
+    _write_table(a, rescore=scorers)
     log.info(
         "rescored %d run records from their stored predictions%s: wrote %s and %s",
         len(a.records),

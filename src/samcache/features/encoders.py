@@ -28,12 +28,13 @@ ENCODER_PREFIX = "image_encoder."
 
 
 def build_encoder(
-    name: str, weights: str | Path | None = None, *, seed: int = 0
+    name: str, weights: str | Path | None = None, *, seed: int = 0, img_size: int | None = None
 ) -> ImageEncoderViT:
     """The encoder in eval mode with frozen parameters.
 
     ``weights``: a SAM checkpoint (full model or encoder-only state dict), loaded with
     ``torch.load(weights_only=True)``; ``None`` gives random weights drawn from ``seed``.
+    ``img_size`` builds it for another input side than SAM's (benchmarks at a small input).
     """
     spec = encoder_spec(name)
     # With a checkpoint every parameter is overwritten, so the module is built on the meta
@@ -43,7 +44,7 @@ def build_encoder(
     with torch.random.fork_rng(devices=[]), build_on:
         torch.manual_seed(seed)
         encoder = ImageEncoderViT(
-            img_size=spec.img_size,
+            img_size=img_size or spec.img_size,
             patch_size=spec.patch_size,
             embed_dim=spec.embed_dim,
             depth=spec.depth,
