@@ -37,10 +37,10 @@ demo-tables: $(STAMP)
 dry-run: $(STAMP)
 	$(BIN)/snakemake --dry-run $(DEMO)
 
-# Every demo table (snakemake all_tables), then one self-contained HTML report of them.
+# Every demo table and its galleries, then one self-contained HTML report of them.
 report: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) all_tables $(DEMO)
-	$(BIN)/snakemake --report results/report.html all_tables $(DEMO)
+	$(BIN)/snakemake --cores $(CORES) all_tables all_galleries $(DEMO)
+	$(BIN)/snakemake --report results/report.html all_tables all_galleries $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -75,7 +75,7 @@ def job_figures(workdir: Path) -> dict:
         "job_count": dict(sorted(count.items())),
         "job_wall_s": {k: round(v, 1) for k, v in sorted(wall.items())},
         "job_cpu_s": {k: round(v, 1) for k, v in sorted(cpu.items())},
-        "runs": len(list((workdir / "results/runs").rglob("*.json"))),
+        "runs": len(list((workdir / "results/runs").glob("*/*/*/f*_s*.json"))),
         "tables": sorted(p.stem for p in (workdir / "results/tables").glob("*.md")),
     }
 

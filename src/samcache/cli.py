@@ -527,6 +527,17 @@ def os_error_message(err: OSError) -> str:
     return f"{err.strerror or err}{where}"
 
 
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    """Errors a user can act on from their message alone. Imported only when something failed:
+    a command that succeeds (a run's record moved into place) does not pay for zarr."""
+    from samcache.archives import UnsafeArchiveError
+    from samcache.batch import BatchFailed
+    from samcache.download import DownloadError
+    from samcache.zarrio import StoreError
+
+    return (BatchFailed, StoreError, DownloadError, UnsafeArchiveError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -534,31 +545,20 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from samcache.archives import UnsafeArchiveError
-    from samcache.batch import BatchFailed
-    from samcache.download import DownloadError
-    from samcache.zarrio import StoreError
-
     try:
         status = args.func(args)
-    except (
-        BatchFailed,
-        StoreError,
-        DownloadError,
-        UnsafeArchiveError,
-        FileNotFoundError,
-        KeyError,
-        ValueError,
-        FloatingPointError,
-    ) as err:
-        log.error("%s", err)
-        return 1
-    except OSError as err:  # a full disk, a file that cannot be read: one line, no traceback
-        log.error("%s", os_error_message(err))
-        return 1
     except KeyboardInterrupt:
         log.error("interrupted; completed work is kept and a re-run resumes it")
         return 130
+    except Exception as err:
+        plain = (FileNotFoundError, KeyError, ValueError, FloatingPointError)
+        if isinstance(err, plain + _one_line_errors()):
+            log.error("%s", err)
+        elif isinstance(err, OSError):  # a full disk, a file that cannot be read: no traceback
+            log.error("%s", os_error_message(err))
+        else:
+            raise
+        return 1
     return status or 0
 
 
