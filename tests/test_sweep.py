@@ -104,7 +104,7 @@ def test_batches_hold_only_runs_the_same_tables_need_and_split_evenly():
     # 14 runs needed by A alone (a: 4, b: 10) cut into 4 batches of 3-4, B's 6 into 2 of 3
     sizes = sorted(len(runs) for runs in plan.values() if {"c"} != {r.method for r in runs})
     assert sizes == [3, 3, 3, 3, 4, 4]
-    assert all(b.startswith("d/") and len(b) == 14 for b in plan)
+    assert all(b.startswith("d/a-") and len(b) == 16 for b in plan)
     again = plan_batches(
         reversed(list(tables)),
         tables_of=tables.__getitem__,
@@ -313,3 +313,13 @@ def test_inputs_resident_on_the_gpu_give_the_host_values(small_store, small_feat
         for t in ("block:1", "neck"):
             torch.testing.assert_close(a["taps"][t].cpu(), b["taps"][t], rtol=0, atol=0)
         torch.testing.assert_close(a["image"].cpu(), b["image"])
+
+
+def test_a_batch_name_says_which_tables_it_serves():
+    from samcache.sweep import batch_tag, tables_tag, tag_tables
+
+    tables = ["t_b", "t_a", "t_c", "t_d"]
+    for chosen in (["t_a"], ["t_c", "t_a"], tables):
+        tag = tables_tag(tables, chosen)
+        assert tag.startswith("t") and tag_tables(tables, tag) == sorted(chosen)
+    assert batch_tag("demo/t5-0123456789ab") == "t5" and batch_tag("demo/a-0123456789ab") == "a"

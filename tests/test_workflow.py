@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -208,6 +209,8 @@ def test_all_tables_builds_every_demo_table_and_only_their_runs(tmp_path):
     assert counts["sam_prior"] == 1 and counts["features"] == 1
     scheduled = set(re.findall(r"results/tables/(\w+)\.md", res.stdout))
     assert scheduled == set(names)
+    # every run of the tables asked for is needed: batches of up to 16 runs, across tables
+    assert counts["train_batch"] == math.ceil(counts["train"] / 16)
 
 
 def test_paper_tables_plan_every_run_with_the_papers_settings(tmp_path):
@@ -335,7 +338,7 @@ def test_seed001_tables_schedule_their_runs_and_image_heads_need_no_feature_cach
         "dataset": 1,
         "features": 1,
         "train": 12,
-        "train_batch": 2,
+        "train_batch": 1,  # the 12 runs the table asks for, in one process
         "table": 1,
     }
     overlay = tmp_path / "vgg_only.yaml"

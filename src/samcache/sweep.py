@@ -9,12 +9,14 @@ record into place. Records are never written twice: a run whose record already e
 matches its current settings is not trained again (its record is staged as it is), and a
 staged record that matches is kept when an interrupted batch is rerun.
 
-Batches are planned from the configuration alone, so that every process that parses the
-workflow (a cluster node included) plans the same batches:
+Batches are planned from the configuration and the set of tables they serve, and named after
+that set, so that every process that parses the workflow (a cluster node included) plans the
+same batch from its name:
 
-* runs are grouped by the set of tables that need them, so building one table never trains a
-  run it does not need, and by how they execute (device, threads), so a batch's resources are
-  those of each of its runs;
+* for the tables an invocation builds, all of their runs are grouped only by dataset and by how
+  they execute (device, threads), so that a batch's resources are those of each of its runs;
+  any other run of a table is grouped also by the set of tables that need it, so that building
+  one table never trains a run that only another needs;
 * each group, ordered so that runs reading the same cached inputs sit together (largest
   training fraction first: a smaller subsample's items are then already resident), is cut into
   near-equal batches of at most ``runs_per_job`` runs.
@@ -225,8 +227,9 @@ def plan_batches(
     execution_of: Callable[[RunRef], Hashable],
     inputs_of: Callable[[RunRef], Sequence[Any]],
     runs_per_job: int,
+    tag: str = "a",
 ) -> dict[str, list[RunRef]]:
-    """Batches of at most ``runs_per_job`` runs, by id (``<dataset>/<12 hex digits>``).
+    """Batches of at most ``runs_per_job`` runs, by id (``<dataset>/<tag>-<12 hex digits>``).
 
     Runs share a batch only when the same tables need them (``tables_of``) and they execute
     alike (``execution_of``: device, threads). Within a batch, runs are ordered by the cached
@@ -248,11 +251,30 @@ def plan_batches(
         for k in range(n):
             stop = start + size + (k < extra)
             chunk = members[start:stop]
-            batches[batch_id(chunk)] = chunk
+            batches[batch_id(chunk, tag)] = chunk
             start = stop
     return batches
 
 
-def batch_id(runs: Sequence[RunRef]) -> str:
+def batch_id(runs: Sequence[RunRef], tag: str = "a") -> str:
     blob = _canonical([[r.dataset, r.task, r.method, r.fraction, r.seed] for r in runs])
-    return f"{runs[0].dataset}/{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return f"{runs[0].dataset}/{tag}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def batch_tag(batch: str) -> str:
+    """The tag of a batch id: ``a``, or ``t<hex>`` for the tables it was planned for."""
+    return batch.split("/", 1)[1].split("-", 1)[0]
+
+
+def tables_tag(all_tables: Sequence[str], tables: Iterable[str]) -> str:
+    """A set of a configuration's tables as ``t<hex digits>`` (bit i: the i-th table by name):
+    a batch's name then says which tables it was planned for, and any process that reads the
+    same configuration can plan it again from its name."""
+    names = sorted(all_tables)
+    return "t" + format(sum(1 << names.index(t) for t in set(tables)), "x")
+
+
+def tag_tables(all_tables: Sequence[str], tag: str) -> list[str]:
+    names = sorted(all_tables)
+    bits = int(tag[1:], 16)
+    return [t for i, t in enumerate(names) if bits >> i & 1]

@@ -2,6 +2,7 @@ import fnmatch
 import functools
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -42,7 +43,14 @@ from samcache.features.specs import (  # noqa: E402
     feature_set_from_config,
     superpixel_key,
 )
-from samcache.sweep import RunRef, plan_batches, tidy_staged  # noqa: E402
+from samcache.sweep import (  # noqa: E402
+    RunRef,
+    batch_tag,
+    plan_batches,
+    tables_tag,
+    tag_tables,
+    tidy_staged,
+)
 
 try:
     for path in workflow.configfiles:  # YAML silently keeps one of two equal keys
@@ -66,7 +74,7 @@ wildcard_constraints:
     fraction=r"\d+(\.\d+)?",
     seed=r"\d+",
     table="[a-z][a-z0-9_]*",
-    batch="[a-z][a-z0-9_]*/[0-9a-f]{12}",
+    batch="[a-z][a-z0-9_]*/(a|t[0-9a-f]+)-[0-9a-f]{12}",
 
 
 def cfg_error(msg):
@@ -420,26 +428,70 @@ def run_execution(r):
     return (t["device"], t["threads"])
 
 
+def requested_tables():
+    """The tables this invocation builds, from its targets (the default target's when none):
+    `results/tables/<t>.<ext>`, `results/galleries/<t>`, and the rules all, all_tables and
+    all_galleries. Other targets (a record, a cache) request no table."""
+    by_rule = {
+        "all": target_tables,
+        "all_tables": all_table_names,
+        "all_galleries": all_table_names,
+    }
+    out = set()
+    for target in workflow.dag_settings.targets or {"all"}:
+        if target in by_rule:
+            out |= set(by_rule[target]())
+        elif m := re.match(
+            r"^results/(?:tables/(\w+)\.[\w.]+|galleries/(\w+))/?$", target
+        ):
+            out.add(m.group(1) or m.group(2))
+    return sorted(t for t in out if t in config["tables"])
+
+
+def run_inputs(r):
+    return [
+        method_cfg(r.method).get(k) for k in ("features", "sam_prior", "image_size")
+    ]
+
+
 @functools.cache
-def batch_plan():
-    """Batches of runs by id, planned from the configuration alone (the same on every parse)."""
+def batch_plan(tag="a"):
+    """Batches of runs by id (`<dataset>/<tag>-<hash>`), a pure function of the configuration
+    and of the tables they are planned for, so that every process that parses the workflow (a
+    cluster job included) plans the same batch from its name.
+
+    For the tables an invocation builds (tag `t<hex>`): all of their runs, grouped only by
+    dataset and how they execute. Every other run of a table (tag `a`): grouped also by the set
+    of tables that need it, so that building one table never trains a run only another needs.
+    """
     if config["sweep"]["runs_per_job"] == 1:
         return {}
-    runs = tables_of_runs()
+    if tag == "a":
+        runs = tables_of_runs()
+        tables_of = runs.__getitem__
+    else:
+        tables = frozenset(tag_tables(config["tables"], tag))
+        runs = {r for t in tables for r in table_runs(t)}
+        tables_of = lambda r: tables
     return plan_batches(
         runs,
-        tables_of=runs.__getitem__,
+        tables_of=tables_of,
         execution_of=run_execution,
-        inputs_of=lambda r: [
-            method_cfg(r.method).get(k) for k in ("features", "sam_prior", "image_size")
-        ],
+        inputs_of=run_inputs,
         runs_per_job=config["sweep"]["runs_per_job"],
+        tag=tag,
     )
 
 
 @functools.cache
 def batch_of_run():
-    return {r: b for b, runs in batch_plan().items() for r in runs}
+    """The batch each run trains in: this invocation's tables' batches first, then the rest."""
+    out = {r: b for b, runs in batch_plan().items() for r in runs}
+    requested = requested_tables()
+    if requested:
+        tag = tables_tag(config["tables"], requested)
+        out |= {r: b for b, runs in batch_plan(tag).items() for r in runs}
+    return out
 
 
 def run_of(w):
@@ -447,12 +499,13 @@ def run_of(w):
 
 
 def batch_runs(batch):
-    if batch not in batch_plan():
+    plan = batch_plan(batch_tag(batch))
+    if batch not in plan:
         raise WorkflowError(
             f"no batch '{batch}' in this configuration's plan (it changed since the batch was "
             "asked for): run snakemake again"
         )
-    return batch_plan()[batch]
+    return plan[batch]
 
 
 def batch_on_cuda(batch):
