@@ -508,6 +508,26 @@ def batch_runs(batch):
     return plan[batch]
 
 
+#: The scheduling priority of cache jobs, above every batch of runs (`batch_cost`).
+CACHE_PRIORITY = 10**6
+
+
+def batch_cost(batch):
+    """A rough relative cost of a batch, a scheduling hint only: epochs times the share of the
+    training split, four times more for a head that reads images or whole maps than for a
+    probe of pooled features."""
+    cost = 0.0
+    for r in batch_runs(batch):
+        m = resolved_method(r.method, r.dataset)
+        probe = (
+            m.get("features")
+            and not m.get("image_size")
+            and m["head"].endswith("_probe")
+        )
+        cost += m["train"]["epochs"] * r.fraction / 100 * (1 if probe else 4)
+    return min(int(cost), CACHE_PRIORITY - 1)
+
+
 def batch_on_cuda(batch):
     return run_execution(batch_runs(batch)[0])[0].startswith("cuda")
 

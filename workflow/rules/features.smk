@@ -37,6 +37,8 @@ rule features:
         "logs/features/{dataset}/{fset}-{key}.log",
     benchmark:
         "logs/features/{dataset}/{fset}-{key}.bench.tsv"
+    # a cache unblocks every run that reads it: start it before work that can wait
+    priority: CACHE_PRIORITY
     conda:
         "../../envs/features.yaml"
     threads: 4

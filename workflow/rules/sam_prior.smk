@@ -12,6 +12,8 @@ rule sam_prior:
         "logs/sam_prior/{dataset}/{pset}-{key}.log",
     benchmark:
         "logs/sam_prior/{dataset}/{pset}-{key}.bench.tsv"
+    # a cache unblocks every run that reads it: start it before work that can wait
+    priority: CACHE_PRIORITY
     conda:
         "../../envs/features.yaml"
     threads: lambda w: sam_prior_cfg(w.pset)["threads"]

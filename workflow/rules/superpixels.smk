@@ -12,6 +12,8 @@ rule superpixels:
         "logs/superpixels/{dataset}/{spset}-{key}.log",
     benchmark:
         "logs/superpixels/{dataset}/{spset}-{key}.bench.tsv"
+    # a cache unblocks every run that reads it: start it before work that can wait
+    priority: CACHE_PRIORITY
     conda:
         "../../envs/train.yaml"
     threads: lambda w: config["superpixels"][w.spset]["threads"]

@@ -14,6 +14,8 @@ rule train_batch:
         "logs/train_batch/{batch}.log",
     benchmark:
         "logs/train_batch/{batch}.bench.tsv"
+    # the longest batches first, so that the last to finish is a short one
+    priority: lambda w: batch_cost(w.batch)
     conda:
         "../../envs/train.yaml"
     threads: lambda w: run_execution(batch_runs(w.batch)[0])[1]
