@@ -37,8 +37,9 @@ rule features:
         "logs/features/{dataset}/{fset}-{key}.log",
     benchmark:
         "logs/features/{dataset}/{fset}-{key}.bench.tsv"
-    # a cache unblocks every run that reads it: start it before work that can wait
-    priority: CACHE_PRIORITY
+    # a cache unblocks every run that reads it: start it before work that can wait, the
+    # feature cache (most heads read it) before the other caches
+    priority: CACHE_PRIORITY + 1
     conda:
         "../../envs/features.yaml"
     threads: 4
