@@ -37,9 +37,11 @@ rule features:
         "logs/features/{dataset}/{fset}-{key}.log",
     benchmark:
         "logs/features/{dataset}/{fset}-{key}.bench.tsv"
-    # a cache unblocks every run that reads it: start it before work that can wait, the
-    # feature cache (most heads read it) before the other caches
-    priority: CACHE_PRIORITY + 1
+    # a cache unblocks every run that reads it: start it before work that can wait, and the
+    # feature cache (most heads read it) before the other caches. Snakemake starts the set of
+    # jobs with the largest sum of priorities, and this job takes several cores: its priority
+    # must beat any few jobs that would fit in them together (a prior map job and a batch)
+    priority: 10 * CACHE_PRIORITY
     conda:
         "../../envs/features.yaml"
     threads: 4
