@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,10 @@ COMPLETE = "complete"
 
 # A missing chunk file must mean damage, never "all zeros" (see the module docstring).
 zarr.config.set({"array.write_empty_chunks": True})
+
+# Snakemake marks a directory output (a dataset store) with a `.snakemake_timestamp` file, which
+# zarr reports on every listing of the group; it is Snakemake's, not damage: say nothing of it.
+warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized")
 
 
 class StoreError(RuntimeError):
