@@ -267,7 +267,7 @@ def site_overrides(site: dict[str, str], cpus: int) -> list[str]:
 class SlurmWatch(threading.Thread):
     """Polls squeue while a run lasts and notes every job of this run (`-t all`: a finished job
     stays listed for the cluster's MinJobAge); once a `train_batch` job runs while some record
-    is already in place, cancels it with scancel (and notes the records in place then)."""
+    is already in place, cancels it with scancel and notes the records in place then."""
 
     def __init__(self, workdir: Path, known: set[str]):
         super().__init__(daemon=True)
@@ -305,8 +305,8 @@ class SlurmWatch(threading.Thread):
                 info["account"] = "".join(re.findall(r"\bAccount=(\S+)", show))
             if self.cancelled is None and info["rule"] == "train_batch" and state == "RUNNING":
                 records = list(self.workdir.glob(RECORDS))
-                if records:
-                    placed = {p: p.stat().st_mtime_ns for p in records}
+                if records:  # each by inode and content (Snakemake touches what its jobs made)
+                    placed = {p: (p.stat().st_ino, p.read_bytes()) for p in records}
                     subprocess.run(["scancel", job], check=True)
                     self.cancelled = (job, time.monotonic(), placed)
 
@@ -387,8 +387,9 @@ def test_profiles_slurm_builds_the_table_through_sbatch_and_retries_a_cancelled_
     retried = [j for j in jobs if j["wildcards"] == watch.jobs[job]["wildcards"]]
     assert len(retried) == 2, jobs
 
-    # no record placed before the cancel was touched; all 16 in place, the table the local one
-    assert placed and all(p.stat().st_mtime_ns == t for p, t in placed.items())
+    # no record placed before the cancel was replaced or changed; all 16 in place, the table the
+    # local one
+    assert placed and all((p.stat().st_ino, p.read_bytes()) == v for p, v in placed.items())
     assert len(list(work.glob(RECORDS))) == 16
     assert not list((work / "results/runs").rglob(".staged/*.json"))
     table = pd.read_csv(work / "results/tables/small.csv", index_col=0)
