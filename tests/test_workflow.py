@@ -378,15 +378,20 @@ def test_a_table_can_name_the_28_px_medmnist_files(tmp_path):
 
 
 def test_cuda_training_shares_the_card_in_slots_and_an_encoder_job_takes_them_all(tmp_path):
-    """The default profile's gpu_slot=2: a batch that trains on CUDA holds one slot (two share
-    the card), the feature extraction holds the whole card (gpu=1) and every slot."""
+    """The default profile's gpu_slot=2: a batch that trains on CUDA (rule train_batch_cuda)
+    holds one slot (two share the card), the feature extraction holds the whole card (gpu=1)
+    and every slot; a run's job that only moves its batch's record holds neither."""
     place_checkpoints(tmp_path)
     res = snakemake(tmp_path, "--dry-run", "results/tables/gu_table3.md", config=(PAPER,))
     assert res.returncode == 0, res.stderr
-    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.M)
+    jobs = re.findall(
+        r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.M
+    )
     resources = {}
     for rule, text in jobs:
         values = dict(kv.split("=") for kv in text.split(", "))
         resources.setdefault(rule, set()).add((values.get("gpu", "0"), values.get("gpu_slot")))
     assert resources["features"] == {("1", "2")}
-    assert resources["train_batch"] == {("0", "1")}
+    assert resources["train_batch_cuda"] == {("0", "1")}
+    assert "train_batch" not in resources  # every method of Table III trains on CUDA
+    assert resources["train"] == {("0", "0")}

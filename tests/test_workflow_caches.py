@@ -124,15 +124,3 @@ def test_official_weights_download_the_checkpoint_unless_it_was_placed_by_hand(t
         "caches",
     )
     assert "sam_checkpoint" not in job_counts(res.stdout)
-
-
-def test_slurm_profile_asks_for_a_gpu_the_way_the_slurm_plugin_maps_it():
-    """The plugin turns resources: gpu=1 into --gpus=1 and refuses gpu together with gres."""
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    features = profile["set-resources"]["features"]
-    assert "gres" not in features and "gres" not in profile.get("default-resources", {})
-    assert features["slurm_partition"] != profile["default-resources"]["slurm_partition"]
-    default = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
-    assert "gpu=1" in default["resources"]
-    rule = (REPO / "workflow/rules/features.smk").read_text()
-    assert re.search(r"rule features:.*?resources:\s+gpu=1,", rule, re.S)

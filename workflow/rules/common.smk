@@ -532,13 +532,42 @@ def batch_on_cuda(batch):
     return run_execution(batch_runs(batch)[0])[0].startswith("cuda")
 
 
+def batch_report_path(batch):
+    """A batch's report: `<batch>.json` (rule train_batch), `<batch>.cuda.json` for a batch
+    that trains on CUDA (rule train_batch_cuda), so that a cluster profile can send the one
+    rule to its CPU partition and the other to its GPU partition."""
+    return f"results/batches/{batch}{'.cuda' if batch_on_cuda(batch) else ''}.json"
+
+
 def batch_report(w):
-    """{"batch": the report of the run's batch}, or {} when the run trains on its own."""
+    """{"batch": the report of the run's batch}, or {} when the run trains on its own.
+
+    Under a cluster executor, a run that trains on CUDA must train in a batch: only
+    train_batch_cuda jobs go to the GPU partition."""
     b = batch_of_run().get(run_of(w))
-    return {"batch": f"results/batches/{b}.json"} if b else {}
+    if not b and not workflow.local_exec and train_on_cuda(w.method, w.dataset):
+        raise WorkflowError(
+            f"run {run_of(w).record} trains on CUDA in its own `train` job, which a cluster "
+            "profile does not send to a GPU partition (only batches of runs, rule "
+            "train_batch_cuda): set sweep.runs_per_job to 2 or more in the config, and ask for "
+            "a table that needs the run rather than its record alone"
+        )
+    return {"batch": batch_report_path(b)} if b else {}
 
 
-def batch_inputs(batch):
+def trains_here_on_cuda(w):
+    """Whether a run's `train` job itself trains on CUDA: not when its batch trained it (the
+    job then only moves the record, and holds no GPU)."""
+    return train_on_cuda(w.method, w.dataset) and not batch_report(w)
+
+
+def batch_inputs(batch, cuda):
+    """The inputs of a batch's job; `cuda`: whether the rule is the one for CUDA batches."""
+    if batch_on_cuda(batch) != cuda:
+        raise WorkflowError(
+            f"batch '{batch}' trains on {'CUDA' if not cuda else 'the CPU'}: its report is "
+            f"{batch_report_path(batch)}"
+        )
     runs = batch_runs(batch)
     out = {"store": dataset_store(runs[0].dataset)}
     for r in runs:

@@ -1,7 +1,8 @@
 rule download:
     """One file of a dataset source into data/raw/<source>/: an interrupted transfer resumes,
     transient failures are retried with backoff, the checksum is verified before the file
-    appears; offline, the error names the URL and where to place the file by hand."""
+    appears; offline, the error names the URL and where to place the file by hand. Runs on the
+    submitting host, where a cluster has network access (its nodes often have none)."""
     output:
         "data/raw/{folder}/{filename}",
     log:
@@ -9,6 +10,7 @@ rule download:
     wildcard_constraints:
         folder="[a-z][a-z0-9_]*",
         filename=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
+    localrule: True
     conda:
         "../../envs/train.yaml"
     params:

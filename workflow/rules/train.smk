@@ -5,9 +5,10 @@ rule train_batch:
     each run's `train` job then puts it in place. A run whose record is current is not trained
     again, and a rerun after a failure or a kill trains only the runs not staged yet. The
     report is temporary: it exists only until every run of the batch has its record.
+    A batch that trains on CUDA is a job of rule train_batch_cuda instead (below).
     """
     input:
-        unpack(lambda w: batch_inputs(w.batch)),
+        unpack(lambda w: batch_inputs(w.batch, cuda=False)),
     output:
         report=temp("results/batches/{batch}.json"),
     log:
@@ -20,9 +21,9 @@ rule train_batch:
         "../../envs/train.yaml"
     threads: lambda w: run_execution(batch_runs(w.batch)[0])[1]
     resources:
-        gpu_slot=lambda w: int(
-            run_execution(batch_runs(w.batch)[0])[0].startswith("cuda")
-        ),
+        gpu=lambda w: training_gpus(batch_on_cuda(w.batch), "gpu"),
+        gpu_slot=lambda w: training_gpus(batch_on_cuda(w.batch), "gpu_slot"),
+        mem_mb=training_mem_mb(),
     params:
         plan=lambda w: json.dumps(batch_plan_json(w.batch), sort_keys=True),
         execution=lambda w, threads: batch_execution_args(),
@@ -30,6 +31,15 @@ rule train_batch:
     shell:
         "python -m samcache train-batch --plan {params.plan:q} --report {output.report} "
         "{params.execution} > {log} 2>&1"
+
+
+# The same job for a batch that trains on CUDA: a rule of its own, so that a cluster profile
+# sends it to a GPU partition (profiles/slurm) while CPU batches stay on a CPU partition.
+use rule train_batch as train_batch_cuda with:
+    input:
+        unpack(lambda w: batch_inputs(w.batch, cuda=True)),
+    output:
+        report=temp("results/batches/{batch}.cuda.json"),
 
 
 rule train:
@@ -60,8 +70,9 @@ rule train:
         "../../envs/train.yaml"
     threads: lambda w: method_spec(w.method, w.dataset)["train"]["threads"]
     resources:
-        gpu=lambda w: training_gpus(train_on_cuda(w.method, w.dataset), "gpu"),
-        gpu_slot=lambda w: training_gpus(train_on_cuda(w.method, w.dataset), "gpu_slot"),
+        gpu=lambda w: training_gpus(trains_here_on_cuda(w), "gpu"),
+        gpu_slot=lambda w: training_gpus(trains_here_on_cuda(w), "gpu_slot"),
+        mem_mb=training_mem_mb(),
     params:
         spec=lambda w: json.dumps(method_spec(w.method, w.dataset), sort_keys=True),
         caches=lambda w, input: cache_args(input),
