@@ -37,6 +37,18 @@ def small_priors(tmp_path_factory, small_store):
     return out
 
 
+def _resume_equals_complete(out, small_store, small_priors):
+    """Resume the cache at ``out`` (one thread: the tiny model) and compare it with the one
+    built in one go."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compute_sam_priors(small_store.path, out, PARAMS, key=PARAMS.key("small"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(open_sam_priors(out)[:], open_sam_priors(small_priors)[:])
+
+
 def test_prior_is_the_normalised_score_sum_of_the_official_masks(small_store, small_priors):
     from segment_anything import SamAutomaticMaskGenerator
 
@@ -74,13 +86,7 @@ def test_an_interrupted_cache_resumes_to_the_same_maps(tmp_path, small_store, sm
     g["prior"][unit : 2 * unit] = 0
     with pytest.raises(Exception, match="incomplete"):
         open_sam_priors(out)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        compute_sam_priors(small_store.path, out, PARAMS, key=PARAMS.key("small"), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    np.testing.assert_array_equal(open_sam_priors(out)[:], open_sam_priors(small_priors)[:])
+    _resume_equals_complete(out, small_store, small_priors)
     with pytest.raises(Exception, match="other settings"):
         compute_sam_priors(small_store.path, out, PARAMS, key="0" * 12, progress=False)
 
@@ -97,13 +103,7 @@ def test_a_deleted_shard_is_named_and_a_resume_recomputes_only_it(
     (out / "prior/c/1/0/0").unlink()  # units of 16 images: 16..31
     with pytest.raises(DamagedStoreError, match=r"'prior' items 16\.\.31 .*file missing"):
         open_sam_priors(out)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        compute_sam_priors(small_store.path, out, PARAMS, key=PARAMS.key("small"), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    np.testing.assert_array_equal(open_sam_priors(out)[:], open_sam_priors(small_priors)[:])
+    _resume_equals_complete(out, small_store, small_priors)
 
 
 def test_the_key_follows_what_changes_the_maps():
