@@ -153,3 +153,23 @@ def test_segmentation_rows_share_each_papers_schedule_and_augmentation():
                 assert t["augment"] is False, n
             else:
                 assert {k: t["augment"][k] for k in augment} == augment, n
+
+
+@pytest.mark.parametrize(
+    "config, tables",
+    [
+        (PAPER, ["aernet_table1", "aernet_table2", "thwin_table1", "thwin_table2"]),
+        (
+            DEMO,
+            ["demo_aernet_table1", "demo_aernet_table2", "demo_thwin_table1", "demo_thwin_table2"],
+        ),
+    ],
+    ids=["paper", "demo"],
+)
+def test_every_row_of_a_segmentation_table_predicts_masks_of_one_size(config, tables):
+    """A head that reads only taps predicts masks of the method's image_size (the store's when
+    unset): the rows of a table must not differ in it (256 px stores in the paper, 32 px in
+    the demo), whether they read images, taps or both."""
+    for t in tables:
+        sizes = {config["methods"][m].get("image_size") for m in table_methods(config, t)}
+        assert len(sizes) == 1, (t, sizes)
