@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from samcache.heads import HEADS, build_head
 from samcache.heads.attnmel import VGGHead
 from samcache.heads.backbones import StagedBackbone, build_backbone
+from samcache.heads.base import head_arguments
 from samcache.heads.samaug import samaug_c_image
 from samcache.heads.slca import SLCA, Projector, StageFusion, slap
 from samcache.inputs import IMAGENET_MEAN, IMAGENET_STD
@@ -37,8 +38,9 @@ class NotWeights:
 CACHED = ("pooled", "taps", "sam_prior", "superpixels", "lesion_mask", "attributes")
 
 
-def fake_batch(requires: frozenset[str], gen: torch.Generator) -> dict:
-    """A batch holding every input a head may require, at tiny sizes."""
+def fake_batch(requires: frozenset[str], gen: torch.Generator, dense: bool = False) -> dict:
+    """A batch holding every input a head may require, at tiny sizes (and, for a dense head,
+    the masks of a segmentation task with N_OUT channels as ``target``)."""
     batch = {
         "label": torch.arange(B) % N_OUT,
         "pooled": torch.randn(B, 10, generator=gen),
@@ -49,15 +51,25 @@ def fake_batch(requires: frozenset[str], gen: torch.Generator) -> dict:
         "attributes": (torch.rand(B, 5, SIDE, SIDE, generator=gen) > 0.5).float(),
         "superpixels": torch.randint(0, 16, (B, SIDE, SIDE), generator=gen),
     }
-    return {k: v for k, v in batch.items() if k in requires or k == "label"}
+    batch["target"] = (torch.rand(B, N_OUT, SIDE, SIDE, generator=gen) > 0.6).float()
+    keep = requires | {"label"} | ({"target"} if dense else set())
+    return {k: v for k, v in batch.items() if k in keep}
 
 
 def tiny_args(cls) -> dict:
-    """Small settings for heads that build a backbone: timm's test ResNet, 1/16 of VGG-16."""
+    """Small settings for heads that build a backbone: timm's test ResNet, 1/16 of VGG-16; an
+    eighth of the dense heads' widths; AER-Net + SAM's four skip levels."""
     if issubclass(cls, VGGHead):
         return {"width": 1 / 16}
     params = inspect.signature(cls.from_shapes).parameters
-    return {"backbone": "test_resnet"} if "backbone" in params else {}
+    name = next(n for n, c in HEADS.items() if c is cls)
+    accepted = head_arguments(name) | set(params)
+    args = {"backbone": "test_resnet"} if "backbone" in accepted else {}
+    if cls.dense and "width" in accepted:
+        args["width"] = 1 / 8
+    if name == "aernet_sam":
+        args["levels"] = ["block:1", "block:2", "block:4", "neck"]
+    return args
 
 
 @pytest.fixture
@@ -79,22 +91,27 @@ def test_every_head_trains_on_cached_inputs_without_the_encoder(name, encoder_fo
     torch.manual_seed(0)
     cls = HEADS[name]
     gen = torch.Generator().manual_seed(0)
-    batch = fake_batch(cls.requires, gen)
+    batch = fake_batch(cls.requires, gen, dense=cls.dense)
     head = build_head(name, n_outputs=N_OUT, input_shapes=shapes_of(batch), **tiny_args(cls))
     head.train()
     out = head(batch)
-    assert out["logits"].shape == (B, N_OUT)
+    # a dense head predicts every pixel of the task's masks, at full resolution
+    assert out["logits"].shape == ((B, N_OUT, SIDE, SIDE) if cls.dense else (B, N_OUT))
     assert torch.isfinite(out["logits"]).all()
-    loss = head.loss(out, batch, "multiclass")
+    loss = head.loss(out, batch, "segmentation" if cls.dense else "multiclass")
     loss.backward()
     for pname, p in head.named_parameters():
         assert p.grad is not None, f"{name}: no gradient reaches {pname}"
-    backbones = [m for m in head.modules() if isinstance(m, StagedBackbone)]
+    backbones = [
+        m
+        for m in head.modules()
+        if isinstance(m, StagedBackbone) or getattr(m, "is_backbone", False)
+    ]
     for bb in backbones:  # the trainable backbone learns, every one of them
         assert any(p.grad.abs().sum() > 0 for p in bb.parameters()), name
     others = {id(p) for bb in backbones for p in bb.parameters()}
     assert any(p.grad.abs().sum() > 0 for p in head.parameters() if id(p) not in others), name
-    for key in set(CACHED) & set(batch):  # the cache is data, never a parameter
+    for key in set(CACHED + ("target",)) & set(batch):  # the cache is data, never a parameter
         for x in batch[key].values() if key == "taps" else [batch[key]]:
             assert not x.requires_grad and x.grad is None, (name, key)
     for maps in (out.get("attention") or {}).values():  # seed 001's sigmoid attention maps

@@ -90,3 +90,82 @@ def test_roi_references_lesion_background_and_union_of_attributes():
     np.testing.assert_array_equal(roi_reference(batch, "dermo").numpy(), union)
     some = np.logical_or(attrs[:, 0] > 0, attrs[:, 3] > 0)[:, None].astype(np.float32)
     np.testing.assert_array_equal(roi_reference(batch, "dermo", (0, 3)).numpy(), some)
+
+
+# --- segmentation losses (seeds 002 and 004) against numpy forms of their equations ----------
+
+
+def seg_pair(seed: int = 0, shape=(3, 2, 24, 24)) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    target = (torch.rand(*shape, generator=g) > 0.6).double()
+    target[0, 0] = 0  # an empty mask
+    return logits, target
+
+
+def np_sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def test_soft_dice_loss_is_aernet_equation_1_per_image_and_channel():
+    from samcache.losses import soft_dice_loss
+
+    logits, target = seg_pair()
+    p, g = np_sigmoid(logits.numpy()), target.numpy()
+    eps = 1e-5  # MONAI's smoothing of numerator and denominator
+    num = 2 * (p * g).sum(axis=(2, 3)) + eps
+    den = (p**2).sum(axis=(2, 3)) + (g**2).sum(axis=(2, 3)) + eps
+    expected = (1 - num / den).mean()
+    assert soft_dice_loss(logits, target).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_soft_jaccard_loss_is_one_minus_intersection_over_soft_union():
+    from samcache.losses import soft_jaccard_loss
+
+    logits, target = seg_pair(1)
+    p, g = np_sigmoid(logits.numpy()), target.numpy()
+    inter = (p * g).sum(axis=(2, 3))
+    union = p.sum(axis=(2, 3)) + g.sum(axis=(2, 3)) - inter
+    expected = (1 - (inter + 0.5e-5) / (union + 0.5e-5)).mean()
+    assert soft_jaccard_loss(logits, target).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_ssim_loss_is_one_minus_scikit_images_gaussian_ssim():
+    from skimage.metrics import structural_similarity
+
+    from samcache.losses import ssim_loss
+
+    logits, target = seg_pair(2)
+    p, g = np_sigmoid(logits.numpy()), target.numpy()
+    ssim = [
+        structural_similarity(
+            p[b, c],
+            g[b, c],
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
+        for b in range(p.shape[0])
+        for c in range(p.shape[1])
+    ]
+    assert ssim_loss(logits, target).item() == pytest.approx(1 - np.mean(ssim), abs=1e-6)
+
+
+def test_pixel_focal_loss_and_the_hybrid_loss_are_their_sums():
+    from samcache.losses import (
+        hybrid_loss,
+        pixel_focal_loss,
+        soft_jaccard_loss,
+        ssim_loss,
+    )
+
+    logits, target = seg_pair(3)
+    p, g = np_sigmoid(logits.numpy()), target.numpy()
+    p_t = p * g + (1 - p) * (1 - g)
+    alpha_t = 0.25 * g + 0.75 * (1 - g)
+    focal = (-alpha_t * (1 - p_t) ** 2 * np.log(p_t)).mean()  # Lin et al., eq. (5)
+    assert pixel_focal_loss(logits, target).item() == pytest.approx(focal, rel=1e-9)
+    total = hybrid_loss(logits, target)
+    parts = pixel_focal_loss(logits, target) + ssim_loss(logits, target)
+    torch.testing.assert_close(total, parts + soft_jaccard_loss(logits, target))

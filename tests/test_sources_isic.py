@@ -139,6 +139,25 @@ def test_isic2018_tasks_1_and_2_with_official_splits(served, tmp_path):
     assert origins["ISIC2018_Task2_Training_GroundTruth_v3.zip"] == "recorded"
 
 
+def test_isic2018_test_split_carved_from_training_drops_the_official_test_images(served, tmp_path):
+    """Seed 004's 80/20 split: a seeded share of the official training images is the test
+    split, the official validation images stay, the official test images are left out."""
+    srv, truth = served("isic2018")
+    store = build("isic2018", spec_for("isic2018", srv, test_from_training=0.3), tmp_path)
+    official = dict(zip(truth.ids, truth.split, strict=True))
+    ids, split = store.attrs["image_ids"], store.split()
+    assert {official[i] for i in ids} == {0, 1} and len(ids) == 9  # 7 training + 2 validation
+    assert store.attrs["split_counts"] == {"train": 5, "val": 2, "test": 2}  # 0.3 of 7
+    assert all(official[i] == 0 for i, s in zip(ids, split, strict=True) if s == 2)
+    lesion = store.group["masks/lesion"][:]
+    for k, i in enumerate(ids):  # each kept image keeps its own mask
+        full = truth.lesion[truth.ids.index(i)]
+        np.testing.assert_array_equal(lesion[k], block_mean(full, SIZE), err_msg=i)
+    again = build("isic2018", spec_for("isic2018", srv, test_from_training=0.3), tmp_path)
+    np.testing.assert_array_equal(again.split(), split)
+    assert "seed 0" in store.attrs["split_origin"]
+
+
 def test_isic2016_labels_masks_and_a_seeded_stratified_validation_split(served, tmp_path):
     srv, truth = served("isic2016")
     store = build("isic2016", spec_for("isic2016", srv, val_fraction=0.3), tmp_path)

@@ -75,8 +75,16 @@ def test_synthetic_images_are_deterministic_and_independent_of_n(tmp_path):
 def test_synthetic_store_follows_the_contract(small_store):
     s = small_store
     assert s.images.shape == (60, 64, 64, 3)
-    assert set(s.tasks) == {"melanoma", "grade"}
+    assert set(s.tasks) == {"melanoma", "grade", "lesion"}
     assert s.tasks["grade"].type == "ordinal" and len(s.tasks["grade"].classes) == 5
+    lesion = s.tasks["lesion"]  # the lesion masks as a segmentation task (seeds 002 and 004)
+    assert (lesion.type, lesion.mask, lesion.classes) == (
+        "segmentation",
+        "masks/lesion",
+        ("lesion",),
+    )
+    presence = (np.asarray(s.group["masks/lesion"][:]) > 0).any(axis=(1, 2))
+    np.testing.assert_array_equal(s.stratify_on("lesion")[:, 0], presence)
     assert s.attribute_names == ATTRIBUTES
     assert s.group["masks/attributes"].shape == (60, 5, 64, 64)
     counts = np.bincount(s.split(), minlength=3)

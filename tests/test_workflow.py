@@ -201,12 +201,14 @@ def test_all_tables_builds_every_demo_table_and_only_their_runs(tmp_path):
     demo = yaml.safe_load(DEMO.read_text())
     names = sorted(t for t in demo["tables"] if t.startswith("demo_"))
     assert {"demo_gu_table1", "demo_gu_table2", "demo_gu_table3", "demo_gu_table4"} <= set(names)
+    assert {f"demo_aernet_table{i}" for i in (1, 2, 3)} | {"demo_thwin_table1"} <= set(names)
     res = snakemake(tmp_path, "--dry-run", "all_tables")
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
     assert counts["table"] == len(names)
     assert counts["train"] == len(table_records(demo, names))
-    assert counts["sam_prior"] == 1 and counts["features"] == 1
+    # one SAM prior cache; the feature caches of the classification heads and the dense ones
+    assert counts["sam_prior"] == 1 and counts["features"] == 2
     scheduled = set(re.findall(r"results/tables/(\w+)\.md", res.stdout))
     assert scheduled == set(names)
     # every run of the tables asked for is needed: batches of up to 16 runs, across tables
@@ -395,3 +397,58 @@ def test_cuda_training_shares_the_card_in_slots_and_an_encoder_job_takes_them_al
     assert resources["train_batch_cuda"] == {("0", "1")}
     assert "train_batch" not in resources  # every method of Table III trains on CUDA
     assert resources["train"] == {("0", "0")}
+
+
+def planned_specs(output: str) -> list[tuple[str, dict]]:
+    return [
+        (m.group(1), json.loads(m.group(2)))
+        for m in re.finditer(
+            r"train --dataset data/stores/(\w+)\.zarr .*?--spec '(\{.*?\})'", output
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "names, runs, datasets, caches",
+    [
+        (["aernet_table1", "aernet_table2", "aernet_table3"], 33, {"isic2018"}, 1),
+        (["thwin_table1", "thwin_table2"], 24, {"isic2018_8020"}, 1),
+        (["aernet_table2"], 18, {"isic2018"}, 1),
+        (["aernet_table1"], 15, {"isic2018"}, 0),  # no SAM row: no feature cache
+    ],
+)
+def test_segmentation_paper_tables_plan_every_run_with_the_papers_settings(
+    tmp_path, names, runs, datasets, caches
+):
+    """Seed 002: Tables 1 (5 backbones) and 2 (4 rows + 2 SAM rows), Table 3 reusing Table 2's
+    runs, 3 seeds; seed 004: Tables I and II (2 rows + 2 SAM rows each) on the 80/20 split. A
+    table plans only the caches its rows read."""
+    paper = yaml.safe_load(PAPER.read_text())
+    place_checkpoints(tmp_path)
+    targets = [f"results/tables/{n}.md" for n in names]
+    res = snakemake(tmp_path, "--dry-run", *targets, config=(PAPER,))
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["table"] == len(names)
+    assert counts["train"] == len(table_records(paper, names)) == runs
+    assert counts["dataset"] == len(datasets)
+    assert counts.get("features", 0) == caches and counts.get("sam_prior", 0) == 0
+    specs = planned_specs(res.stdout)
+    assert {d for d, _ in specs} == datasets
+    schedules = {
+        (s["train"]["optimizer"], s["train"]["lr"], s["train"]["epochs"], s["train"]["batch_size"])
+        for _, s in specs
+    }
+    assert schedules == {("adam", 0.001, 100, 16)}
+    assert {s["train"]["select_metric"] for _, s in specs} == (
+        {"jaccard"} if "isic2018" in datasets else {"fg_iou"}
+    )
+    assert all(s.get("image_size") is None for _, s in specs)  # the 256 px store itself
+
+
+def test_a_segmentation_paper_table_refuses_to_start_without_its_backbone(tmp_path):
+    res = snakemake(tmp_path, "--dry-run", "results/tables/aernet_table3.md", config=(PAPER,))
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "place tf_efficientnet_b1.aa_in1k.safetensors" in out
+    assert "huggingface.co/timm/tf_efficientnet_b1.aa_in1k" in out

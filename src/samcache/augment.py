@@ -39,6 +39,7 @@ SPATIAL = {
     "attributes": "nearest",
     "superpixels": "nearest",
     "sam_prior": "bilinear",
+    "target": "nearest",  # a segmentation task's masks: they move with the image
 }
 
 
@@ -109,7 +110,7 @@ def warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
 
 def frame_side(batch: Mapping[str, Any]) -> int:
     """The side of the pixel frame a fixed-size crop is measured in (image, else a mask)."""
-    for key in ("image", "lesion_mask", "attributes", "superpixels", "sam_prior"):
+    for key in ("image", "target", "lesion_mask", "attributes", "superpixels", "sam_prior"):
         if key in batch:
             return int(batch[key].shape[-1])
     raise ValueError("augment.crop_size needs an image or mask in the batch to measure it in")

@@ -36,6 +36,9 @@ BACKBONE_HEADS = frozenset(
         "attnmel_cnn_lesion",
         "attnmel_cnn_dermo",
         "attnmel_cnn_bkg",
+        "aernet",
+        "aernet_sam",
+        "thwin_deeplabv3",
     }
 )
 
@@ -62,6 +65,19 @@ KNOWN_CHECKPOINTS = {
         "https://huggingface.co/timm/senet154.gluon_in1k, file model.safetensors (timm's default "
         "ImageNet-1k weights of senet154)"
     ),
+    **{
+        f"{name}.safetensors": KnownCheckpoint(
+            f"https://huggingface.co/timm/{name}, file model.safetensors ({what})"
+        )
+        for name, what in (
+            ("tf_efficientnet_b1.aa_in1k", "the TensorFlow EfficientNet-B1 ImageNet weights"),
+            ("tf_efficientnet_b0.aa_in1k", "the TensorFlow EfficientNet-B0 ImageNet weights"),
+            ("tf_efficientnet_b3.aa_in1k", "the TensorFlow EfficientNet-B3 ImageNet weights"),
+            ("legacy_seresnext101_32x4d.in1k", "Cadene's SE-ResNeXt101 32x4d ImageNet weights"),
+            ("legacy_seresnet152.in1k", "Cadene's SE-ResNet152 ImageNet weights"),
+            ("resnet50.tv_in1k", "torchvision's ResNet-50 ImageNet weights"),
+        )
+    },
     "swinv2_base_window8_256.ms_in1k.safetensors": KnownCheckpoint(
         "https://huggingface.co/timm/swinv2_base_window8_256.ms_in1k, file model.safetensors "
         "(timm's default ImageNet-1k weights of swinv2_base_window8_256)"

@@ -30,6 +30,10 @@ from samcache.sweep import record_mismatch, stage_copy, staged_log, staged_path,
 log = logging.getLogger(__name__)
 
 
+#: The test metrics a batch's log line shows per run.
+LOGGED = ("acc", "auc", "ap", "jaccard", "dice", "fg_iou")
+
+
 class BatchFailed(Exception):
     """Some runs of a batch failed; the others are staged."""
 
@@ -165,7 +169,7 @@ def run_batch(
             what,
             seconds,
             rec["best_epoch"],
-            " ".join(f"{k} {v:.4f}" for k, v in test.items() if k in ("acc", "auc", "ap")),
+            " ".join(f"{k} {v:.4f}" for k, v in test.items() if k in LOGGED),
         )
         done.append({"record": record, "status": "trained", "seconds": round(seconds, 3)})
     read = cache.stats

@@ -5,8 +5,10 @@ For every row that names a baseline, every block, fraction and metric both rows 
 * over seeds: the per-seed differences of the recorded test metrics (row minus baseline; the
   same seed is the same training subsample), their mean and 95 % Student-t interval;
 * per seed, on the shared test images: DeLong's test for a binary task's AUC, a sign-flip
-  permutation test otherwise (accuracy and Jaccard indices image by image, AP and multi-class
-  AUC on the whole test set), with a paired bootstrap interval (``samcache.paired``);
+  permutation test otherwise (accuracy, Jaccard indices and the per-image segmentation metrics
+  image by image; AP, multi-class AUC and a segmentation's foreground IoU on the whole test
+  set, from each image's confusion counts), with a paired bootstrap interval
+  (``samcache.paired``);
 * the per-seed p-values of the whole table adjusted together (Holm by default).
 
 A cell is marked when its difference is significant after the adjustment in every seed, in the
@@ -32,6 +34,7 @@ from samcache.paired import (
     seed_interval,
 )
 from samcache.predictions import Predictions, load_predictions
+from samcache.segmentation import PER_IMAGE_METRICS, batch_foreground_iou
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,17 @@ def image_test(metric: str, a: Predictions, b: Predictions, *, confidence: float
             resamples=resamples,
             confidence=confidence,
         )
-    if metric.startswith("jaccard_"):
+    if metric == "fg_iou":
+        counts = [np.stack([p.per_image[k] for k in ("tp", "fp", "fn")], axis=1) for p in (a, b)]
+        return paired_resampling_test(
+            np.zeros(len(a.items)),
+            counts[0],
+            counts[1],
+            batch_foreground_iou,
+            resamples=resamples,
+            confidence=confidence,
+        )
+    if metric.startswith("jaccard_") or metric in PER_IMAGE_METRICS:
         missing = [p.record for p in (a, b) if metric not in p.per_image]
         if missing:
             raise ValueError(f"run records {missing} hold no per-image values of {metric}")
@@ -123,7 +136,10 @@ def image_test(metric: str, a: Predictions, b: Predictions, *, confidence: float
             resamples=resamples,
             confidence=confidence,
         )
-    raise ValueError(f"no paired test for metric '{metric}' (acc, auc, ap, jaccard_<map>)")
+    raise ValueError(
+        f"no paired test for metric '{metric}' (acc, auc, ap, jaccard_<map>, or a segmentation "
+        "metric: jaccard, dice, isic_jaccard, pixel_acc, fg_iou)"
+    )
 
 
 def compare_table(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

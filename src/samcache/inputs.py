@@ -10,7 +10,9 @@ Batch tensors: ``pooled`` (B, D) float32, standardised with the training subsamp
 ``taps`` {name: (B, C, g, g) float32}; ``image`` (B, 3, S, S) float32 normalised with the
 ImageNet mean and std (timm backbones' convention); ``lesion_mask`` (B, 1, S, S) and
 ``attributes`` (B, A, S, S) float32 in {0, 1}; ``superpixels`` (B, S, S) int64; ``sam_prior``
-(B, 1, S, S) float32 in [0, 1] (SAMAug-C's cached prior maps); ``label``.
+(B, 1, S, S) float32 in [0, 1] (SAMAug-C's cached prior maps); ``label``; for a segmentation
+task, ``target`` (B, K, S, S) float32 in {0, 1}: the task's masks at the head's input size (the
+same resident block as ``lesion_mask`` or ``attributes`` when a head reads those too).
 """
 
 from __future__ import annotations
@@ -96,8 +98,10 @@ class RunInputs:
         sam_prior: Path | str | None = None,
         image_size: int | None = None,
         cache: ResidentCache | None = None,
+        target: str | None = None,
     ) -> None:
         self.requires = requires
+        self.target = target  # a segmentation task's mask array (masks/lesion, masks/attributes)
         self.items = np.asarray(items)
         self.row = {int(i): r for r, i in enumerate(self.items)}
         self.labels = torch.from_numpy(np.asarray(labels)[self.items])
@@ -156,6 +160,20 @@ class RunInputs:
                 ("attributes", str(ds.path), ds.fingerprint, size),
                 lambda idx, arr=arr: _resize_uint8(read_items(arr, idx), size, "nearest"),
                 arr.shape[1] * side * side,
+            )
+        if self.target is not None:
+            arr = ds.group[self.target]
+            kind = "lesion_mask" if self.target == "masks/lesion" else "attributes"
+            sources["target"] = Source(
+                (kind, str(ds.path), ds.fingerprint, size),
+                lambda idx, arr=arr, kind=kind: _resize_uint8(
+                    read_items(arr, idx)[:, None]
+                    if kind == "lesion_mask"
+                    else read_items(arr, idx),
+                    size,
+                    "nearest",
+                ),
+                (1 if arr.ndim == 3 else arr.shape[1]) * side * side,
             )
         if "superpixels" in requires:
             if superpixels is None:
@@ -270,7 +288,7 @@ class RunInputs:
             out["pooled"] = self.pooled[rows]
         if "taps" in self.requires:
             out["taps"] = {t: self._rows_of(f"taps/{t}", items).float() for t in self.taps}
-        for key in ("image", "lesion_mask", "attributes", "superpixels", "sam_prior"):
+        for key in ("image", "target", "lesion_mask", "attributes", "superpixels", "sam_prior"):
             if key in self.resident or key in self.streamed:
                 out[key] = self._to_tensor(key, self._rows_of(key, items))
         return out
@@ -337,9 +355,14 @@ class RunInputs:
 
     def lesion_masks(self, items: np.ndarray) -> np.ndarray:
         """Lesion masks of ``items`` at the stored size, as a boolean (N, H, W) array."""
-        arr = self.ds.group["masks/lesion"]
+        return self.stored_masks("masks/lesion", items)
+
+    def stored_masks(self, name: str, items: np.ndarray) -> np.ndarray:
+        """Masks ``name`` (``masks/lesion`` (N, H, W), ``masks/attributes`` (N, A, H, W)) of
+        ``items`` at the stored size, boolean: what predictions are scored against."""
+        arr = self.ds.group[name]
         src = Source(
-            ("lesion_mask_stored", str(self.ds.path), self.ds.fingerprint),
+            (f"{name}_stored", str(self.ds.path), self.ds.fingerprint),
             lambda idx: read_items(arr, idx) > 0,
             _row_bytes(arr.shape[1:], 1),
         )

@@ -6,7 +6,10 @@ store's lesion masks (from the stored per-image values when the dataset store is
 and any further scorer given as ``name=module:function``. A scorer is called as
 ``function(labels, scores)``: the positive class's probabilities (N,) for a binary task, the
 (N, K) probabilities otherwise; this is how an external scorer, such as a challenge's official
-one, runs on samcache's results. A recomputed metric that the record also holds must equal it:
+one, runs on samcache's results. For a segmentation run the metrics come from the predicted masks
+in its prediction store against the dataset store's masks (``samcache.segmentation``), and a
+scorer is called as ``function(true_masks, predicted_masks)``, both boolean (N, K, H, W).
+A recomputed metric that the record also holds must equal it:
 a difference means the predictions are not those the metrics came from, and is an error that
 names the record.
 """
@@ -62,11 +65,49 @@ def jaccard_from_maps(pred: Predictions, dataset: str | Path) -> dict[str, np.nd
     return out
 
 
+def masks_from_store(pred: Predictions, dataset: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A segmentation run's true and predicted masks, (N, K, H, W) boolean, in channel order."""
+    from samcache.data.store import DatasetStore
+    from samcache.features.store import read_items
+
+    g = pred.open_store()
+    targets = dict(g.attrs.get("mask_targets") or {})
+    ds = DatasetStore(dataset)
+    truth, predicted = [], []
+    for name, target in targets.items():
+        array, _, channel = target.partition(":")
+        values = read_items(ds.group[array], pred.items)
+        truth.append(values[:, int(channel)] if channel else values)
+        predicted.append(np.asarray(g["masks"][name][:]))
+    return np.stack(truth, axis=1) > 0, np.stack(predicted, axis=1) > 0
+
+
+def rescore_segmentation(
+    rec: Mapping[str, Any], pred: Predictions, scorers: Mapping[str, Scorer] | None
+) -> dict[str, float]:
+    from samcache.segmentation import segmentation_metrics
+
+    dataset = rec.get("dataset_path")
+    if not (pred.store is not None and dataset and Path(dataset).exists()):
+        raise ValueError(
+            f"{pred.record}: a segmentation run is rescored from its predicted masks and the "
+            f"dataset store's masks; the dataset store {dataset} or the prediction store is "
+            "missing"
+        )
+    truth, predicted = masks_from_store(pred, dataset)
+    out, _ = segmentation_metrics(predicted, truth)
+    for name, f in (scorers or {}).items():
+        out[name] = float(f(truth, predicted))
+    return out
+
+
 def rescore_record(
     rec: Mapping[str, Any], path: str | Path, scorers: Mapping[str, Scorer] | None = None
 ) -> dict[str, float]:
     """The test metrics of one run, recomputed from its stored predictions."""
     pred = load_predictions(rec, path)
+    if pred.task_type == "segmentation":
+        return _checked(rec, path, rescore_segmentation(rec, pred, scorers))
     probs = pred.probabilities.astype(np.float64)
     out = compute_metrics(pred.labels, probs, pred.task_type)
     per_image = dict(pred.per_image)
@@ -80,6 +121,11 @@ def rescore_record(
     scores = probs[:, -1] if pred.task_type == "binary" else probs
     for name, f in (scorers or {}).items():
         out[name] = float(f(pred.labels, scores))
+    return _checked(rec, path, out)
+
+
+def _checked(rec: Mapping[str, Any], path: str | Path, out: dict[str, float]) -> dict[str, float]:
+    """``out``, once every metric the record also holds is found equal to it."""
     recorded = rec.get("metrics", {}).get("test", {})
     for name, value in out.items():
         if name in recorded and not abs(recorded[name] - value) <= TOLERANCE:

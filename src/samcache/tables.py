@@ -37,7 +37,16 @@ from samcache import __version__
 from samcache.atomic import atomic_path, write_text_atomic
 from samcache.records import load_record
 
-METRIC_LABELS = {"acc": "ACC", "auc": "AUC", "ap": "AP"}
+METRIC_LABELS = {
+    "acc": "ACC",
+    "auc": "AUC",
+    "ap": "AP",
+    "jaccard": "Jaccard",
+    "dice": "Dice",
+    "isic_jaccard": "Jaccard ≥ 0.65",
+    "pixel_acc": "Pixel acc.",
+    "fg_iou": "IoU",
+}
 NO_BACKBONE = "no trainable backbone"
 MEDMNIST = {"retinamnist": "RetinaMNIST", "breastmnist": "BreastMNIST"}
 
@@ -79,10 +88,18 @@ def header_levels(spec: Mapping[str, Any]) -> tuple[bool, bool]:
 
 def seeds_note(spec: Mapping[str, Any]) -> str:
     n = len(spec["seeds"])
+    chosen = " or ".join(metric_label(spec, m) for m in spec.get("selected_by") or ["auc"])
     return (
         f"Mean ± standard deviation (ddof = 1) over {n} seed{'s' if n != 1 else ''} "
         f"({', '.join(str(s) for s in spec['seeds'])}), in percent, on the test split; "
-        f"best epoch chosen by validation AUC. Fractions are of the training split."
+        f"best epoch chosen by validation {chosen}. Fractions are of the training split."
+    )
+
+
+def selection_metrics(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The validation metrics the records picked their best epoch by, in order of appearance."""
+    return list(
+        dict.fromkeys((r.get("train_settings") or {}).get("select_metric", "auc") for r in records)
     )
 
 
@@ -478,7 +495,9 @@ def write_table(
 
         records = rescore_records(records, rescore)
     runs = runs_frame(spec, records)
-    spec = {**spec, "notes": provenance_notes(spec, runs)}
+    used = {r["_path"] for r in records} & set(runs["record"])
+    selected = selection_metrics([r for r in records if r["_path"] in used])
+    spec = {**spec, "notes": provenance_notes(spec, runs), "selected_by": selected}
     summary = summary_frame(spec, runs)
     comp = compare_table(spec, records) if pairs(spec) else pd.DataFrame(columns=COLUMNS)
     write_text_atomic(md, to_markdown(spec, summary, comp))

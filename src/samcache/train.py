@@ -2,11 +2,14 @@
 
 The run reads the dataset store and the feature cache, never the encoder. It trains with AdamW,
 evaluates on the validation split after every epoch, keeps the epoch with the best validation
-AUC (the earliest on ties), evaluates that epoch on the test split and writes a JSON record with
+AUC (the earliest on ties; ``select_metric``), evaluates that epoch on the test split and writes a JSON record with
 the metrics and everything needed to trace them: the method's full configuration, seed,
 fraction, the digest of the training subsample, the code version and the cache key. The record
 also keeps the per-image test predictions; attention maps go into a prediction store beside it
-(``samcache.predictions``).
+(``samcache.predictions``). A segmentation task trains a dense head (``Head.dense``) on the
+task's masks (``target``) and scores its predicted masks (``samcache.mask_eval``): the record
+holds the segmentation metrics, their per-image values and confusion counts, the store the
+binary masks.
 
 On a CPU the same seed gives the same record (up to wall time): every random draw comes from
 generators seeded by the run's seed and torch runs deterministic kernels with the thread count
@@ -40,9 +43,11 @@ from samcache.features.store import FeatureStore
 from samcache.heads import Head, build_head, head_class
 from samcache.inputs import RunInputs, batches
 from samcache.localisation import localisation_per_image
+from samcache.mask_eval import evaluate_masks, mask_store_contents
 from samcache.metrics import compute_metrics
 from samcache.predictions import record_predictions, write_run
 from samcache.resident import ResidentCache
+from samcache.segmentation import SEGMENTATION_METRICS
 from samcache.sweep import RECORD_SCHEMA, write_json_atomic
 from samcache.views import augmentation_for_run
 
@@ -73,15 +78,18 @@ class TrainSettings:
 def make_optimizer(
     params: list[torch.nn.Parameter], s: TrainSettings
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """AdamW (seed 000), or SGD with momentum (seed 001); optionally a step decay per epoch."""
+    """AdamW (seed 000), Adam (seeds 002, 004), or SGD with momentum (seed 001); optionally a
+    step decay per epoch."""
     if s.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    elif s.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     elif s.optimizer == "sgd":
         opt = torch.optim.SGD(
             params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
         )
     else:
-        raise ValueError(f"train.optimizer: unknown optimizer '{s.optimizer}' (adamw or sgd)")
+        raise ValueError(f"train.optimizer: unknown optimizer '{s.optimizer}' (adamw, adam or sgd)")
     sched = torch.optim.lr_scheduler.StepLR(opt, s.lr_step, s.lr_gamma) if s.lr_step else None
     return opt, sched
 
@@ -125,8 +133,35 @@ def evaluate(
     batch_size: int,
     view=None,
 ) -> dict[str, float]:
+    if head.dense:
+        return evaluate_masks(head, inputs, items, task, device, batch_size)[0]
     y, p = predict(head, inputs, items, task, device, batch_size, view)
     return compute_metrics(y, p, task.type)
+
+
+CLASSIFICATION_METRICS = ("auc", "acc", "ap")
+
+
+def check_task(head_name: str, cls: type[Head], info: TaskInfo, settings: TrainSettings) -> None:
+    """A dense head trains on segmentation tasks only, and its run on their metrics."""
+    seg = info.type == "segmentation"
+    if seg != cls.dense:
+        what = "predicts masks" if cls.dense else "predicts image labels"
+        raise ValueError(
+            f"head '{head_name}' {what}; task '{info.name}' is a {info.type} task. Use a "
+            f"{'segmentation' if cls.dense else 'classification'} task, or another head"
+        )
+    allowed = SEGMENTATION_METRICS if seg else CLASSIFICATION_METRICS
+    if settings.select_metric not in allowed:
+        raise ValueError(
+            f"train.select_metric: '{settings.select_metric}' is not a metric of a {info.type} "
+            f"task; set it to one of {list(allowed)}"
+        )
+    if seg and settings.oversample:
+        raise ValueError(
+            "train.oversample draws minority classes more often; a segmentation task has no "
+            "image classes. Set train.oversample: false"
+        )
 
 
 def fit(
@@ -160,6 +195,10 @@ def fit(
             generator=gen,
             oversample=settings.oversample,
         ):
+            if head.dense and len(batch["label"]) == 1:
+                # a lone image: batch norm of DeepLabV3's image-pooling branch (one value per
+                # channel) is undefined; the dense heads skip it (the draw order is unchanged)
+                continue
             if aug is not None:
                 batch = augment(batch, aug, gen, view_taps=view_taps)
             batch = to_device(batch, device)
@@ -228,6 +267,7 @@ def train_run(
     splits = {"train": subset, "val": ds.indices("val"), "test": ds.indices("test")}
 
     cls = head_class(method["head"])
+    check_task(method["head"], cls, info, settings)
     with RunInputs(
         ds,
         cls.requires,
@@ -240,6 +280,7 @@ def train_run(
         sam_prior=sam_prior,
         image_size=method.get("image_size"),
         cache=cache,
+        target=info.mask if info.type == "segmentation" else None,
     ) as inputs:
         head = build_head(
             method["head"],
@@ -251,23 +292,36 @@ def train_run(
             settings.augment, settings.tap_augment, cls.requires, fs, source=inputs.view_taps
         )
         view = evaluation_view(aug)  # the centre window of augment.crop_size, or None
+        if cls.dense and view is not None:
+            raise ValueError(
+                "train.augment.crop_size tests on a centre window; segmentation runs are scored "
+                "on whole masks. Use crop_scale (random crops resized back) instead"
+            )
         history, best_epoch = fit(
             head, inputs, splits, info, settings, device, seed, (aug, view_taps, view)
         )
         bs = settings.batch_size
-        y_test, p_test = predict(head, inputs, splits["test"], info, device, bs, view)
-        test = compute_metrics(y_test, p_test, info.type)
-        frame = getattr(head, "attention_frame", "image")
-        per_image, maps = localisation_per_image(  # seed 001's Table 3; {} without maps
-            lambda b: head(to_device(view(b) if view else b, device)),
-            inputs,
-            splits["test"],
-            task_type=info.type,
-            batch_size=bs,
-            frame=frame,
-            crop=aug.crop_size if view else None,  # masks in the frame the head is tested on
-        )
-        test |= {f"jaccard_{name}": float(v.mean()) for name, v in per_image.items()}
+        if cls.dense:
+            test, per_image, pred = evaluate_masks(head, inputs, splits["test"], info, device, bs)
+            y_test, p_test = labels[splits["test"]], np.zeros((len(splits["test"]), 0))
+            masks, store_attrs = mask_store_contents(info, pred)
+            maps, frame = {}, "image"
+        else:
+            y_test, p_test = predict(head, inputs, splits["test"], info, device, bs, view)
+            test = compute_metrics(y_test, p_test, info.type)
+            frame = getattr(head, "attention_frame", "image")
+            maps_per_image, maps = localisation_per_image(  # seed 001's Table 3; {} without maps
+                lambda b: head(to_device(view(b) if view else b, device)),
+                inputs,
+                splits["test"],
+                task_type=info.type,
+                batch_size=bs,
+                frame=frame,
+                crop=aug.crop_size if view else None,  # masks in the frame the head is tested on
+            )
+            test |= {f"jaccard_{name}": float(v.mean()) for name, v in maps_per_image.items()}
+            per_image = {f"jaccard_{name}": v for name, v in maps_per_image.items()}
+            masks, store_attrs = {}, {}
         val = evaluate(head, inputs, splits["val"], info, device, bs, view)
 
     record = {
@@ -290,12 +344,7 @@ def train_run(
         "best_epoch": best_epoch,
         "head_info": dict(getattr(head, "info", {})),
         "metrics": {"test": test, "val": val},
-        "predictions": record_predictions(
-            splits["test"],
-            y_test,
-            p_test,
-            {f"jaccard_{name}": v for name, v in per_image.items()},
-        ),
+        "predictions": record_predictions(splits["test"], y_test, p_test, per_image),
         "history": history,
         "cache_key": fs.key if fs is not None else None,
         "features_path": str(fs.path) if fs is not None else None,
@@ -311,5 +360,11 @@ def train_run(
         "started": started,
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
-    write_run(out, record, maps=maps, store_attrs={"frame": frame, "dataset": ds.name})
+    write_run(
+        out,
+        record,
+        maps=maps,
+        masks=masks,
+        store_attrs={"frame": frame, "dataset": ds.name, **store_attrs},
+    )
     return record

@@ -216,6 +216,8 @@ def write_synthetic_store(
         tasks={
             "melanoma": {"type": "binary", "classes": ["benign", "melanoma"]},
             "grade": {"type": "ordinal", "classes": ["0", "1", "2", "3", "4"]},
+            # the lesion masks as a segmentation task (seeds 002 and 004's demo tables)
+            "lesion": {"type": "segmentation", "classes": ["lesion"], "mask": "masks/lesion"},
         },
         lesion_mask=np.stack([x.mask for x in lesions]),
         attributes=np.stack([x.attributes for x in lesions]),

@@ -14,6 +14,8 @@ from torch import nn
 #: (B, C, g, g) tapped maps in the order the method lists them. ``image``: (B, 3, H, W) float.
 #: ``lesion_mask`` (B, 1, H, W), ``attributes`` (B, A, H, W), ``superpixels`` (B, H, W) int.
 #: ``sam_prior`` (B, 1, H, W) float in [0, 1]: SAMAug-C's cached segmentation prior map.
+#: Runs of segmentation tasks also give every head ``target`` (B, K, H, W) float in {0, 1}: the
+#: task's masks at the head's input size (not requested: it is the label of such a task).
 INPUTS = frozenset(
     {"pooled", "taps", "image", "lesion_mask", "attributes", "superpixels", "sam_prior"}
 )
@@ -34,6 +36,9 @@ class Head(nn.Module):
     #: True for heads with a trainable backbone that starts from an ImageNet checkpoint unless
     #: the method says ``init: random`` (``samcache.backbone_init``).
     pretrained_backbone: ClassVar[bool] = False
+    #: True for heads that predict masks: ``logits`` (B, K, H, W) at the size of the run's
+    #: ``target`` (the segmentation task's masks), trained on segmentation tasks only.
+    dense: ClassVar[bool] = False
 
     @classmethod
     def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any) -> Head:

@@ -25,7 +25,9 @@ names; members are found by name anywhere inside an archive (``ISIC_<7 digits>.j
 * **isic2018** (2594 / 100 / 1000 images, tasks 1 and 2): ``lesion`` (task 1 masks) and
   ``attributes`` (task 2: ``pigment_network``, ``negative_network``, ``streaks``,
   ``milia_like_cyst``, ``globules``, one 0/255 PNG each). The validation and test ground truth
-  of both tasks has been released, so all three official splits are used.
+  of both tasks has been released, so all three official splits are used; with
+  ``test_from_training: f`` (seed 004's 80/20 split) a seeded share f of the training images is
+  the test split instead, and the official test images are left out.
 
 Checksums: ISIC publishes none. SHA-256 values published by others for the same files are used
 where found (cited below); every other file is verified against a pin in the dataset's config
@@ -44,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from samcache.data.fractions import fraction_subsample
 from samcache.data.sources import Source, register_source
 from samcache.data.sources.imaging import image_size_of, load_image, load_mask, resize_mask
 from samcache.data.sources.isic_groundtruth import (
@@ -262,6 +265,10 @@ def _convert(
             split_items, split_rows = collect_split(edition, sf, roots, paths)
             items += split_items
             rows += split_rows
+        holdout = spec.get("test_from_training")
+        if holdout:  # the official test images are not used: the test split comes from training
+            keep = [k for k, it in enumerate(items) if it.split != 2]
+            items, rows = [items[k] for k in keep], [rows[k] for k in keep]
         images, lesion, attrs = _load_all(items, edition.attribute_names, size, crop, threads)
     split = np.array([it.split for it in items], dtype=np.uint8)
     labels = {t: np.array([r[t] for r in rows], dtype=np.int64) for t in edition.label_tasks}
@@ -274,6 +281,16 @@ def _convert(
         split_origin = (
             f"official training/test; validation = {frac:g} of training, "
             f"stratified on {task}, seed {seed}"
+        )
+    if holdout:
+        frac, seed = float(holdout), int(spec.get("split_seed", 0))
+        if not 0 < frac < 1:
+            raise ValueError(f"config key test_from_training: {frac} is not in (0, 1)")
+        train = np.flatnonzero(split == 0)
+        split[fraction_subsample(train, np.zeros(len(train)), 100.0 * frac, seed)] = 2
+        split_origin = (
+            f"test = {frac:g} of the official training images (seed {seed}), the rest "
+            "training; official validation; official test images not used"
         )
     tasks: dict[str, dict[str, Any]] = {k: dict(v) for k, v in edition.label_tasks.items()}
     tasks["lesion"] = {"type": "segmentation", "classes": ["lesion"], "mask": "masks/lesion"}
