@@ -184,3 +184,20 @@ def test_segmentation_rows_compare_image_by_image_and_on_pooled_counts(tmp_path,
     assert (comp.test == "permutation").all() and np.isfinite(comp.p).all()
     diff = a["metrics"]["test"]["fg_iou"] - b["metrics"]["test"]["fg_iou"]
     assert comp.set_index("metric").loc["fg_iou", "seed_diff_pp"] == pytest.approx(100 * diff)
+
+
+def test_the_cli_trains_a_segmentation_run_alone(tmp_path, small_store, caplog):
+    """`samcache train`, the path of `sweep.runs_per_job: 1` and of a record asked for alone,
+    trains a segmentation run and logs its mask metrics (a classification run logs acc/auc)."""
+    from samcache.cli import main
+
+    method = {**AER, "train": {**TRAIN, "epochs": 1}}
+    record = tmp_path / "run.json"
+    argv = ["train", "--dataset", str(small_store.path), "--task", "lesion"]
+    argv += ["--method-name", "aer", "--spec", json.dumps(method), "--fraction", "100"]
+    argv += ["--seed", "0", "--out", str(record)]
+    with caplog.at_level("INFO", logger="samcache"):
+        assert main(argv) == 0
+    test = json.loads(record.read_text())["metrics"]["test"]
+    assert f"jaccard {test['jaccard']:.4f}" in caplog.text
+    assert "acc" not in test

@@ -25,13 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from samcache import __version__
-from samcache.sweep import record_mismatch, stage_copy, staged_log, staged_path, write_json_atomic
+from samcache.sweep import (
+    record_mismatch,
+    stage_copy,
+    staged_log,
+    staged_path,
+    test_summary,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 
 #: The test metrics a batch's log line shows per run.
-LOGGED = ("acc", "auc", "ap", "jaccard", "dice", "fg_iou")
 
 
 class BatchFailed(Exception):
@@ -163,13 +169,12 @@ def run_batch(
             failed.append(record)
             continue
         seconds = time.perf_counter() - t
-        test = rec["metrics"]["test"]
         log.info(
             "%s: trained in %.1f s, best epoch %d, test %s",
             what,
             seconds,
             rec["best_epoch"],
-            " ".join(f"{k} {v:.4f}" for k, v in test.items() if k in LOGGED),
+            test_summary(rec),
         )
         done.append({"record": record, "status": "trained", "seconds": round(seconds, 3)})
     read = cache.stats

@@ -187,15 +187,15 @@ def cmd_train(a: argparse.Namespace) -> None:
         superpixels=a.superpixels,
         sam_prior=a.sam_prior,
     )
-    t = rec["metrics"]["test"]
+    from samcache.sweep import test_summary
+
     log.info(
-        "%s %s f=%g s=%d: test acc %.4f auc %.4f (best epoch %d, %.1f s)",
+        "%s %s f=%g s=%d: test %s (best epoch %d, %.1f s)",
         rec["method"],
         rec["task"],
         rec["fraction"],
         rec["seed"],
-        t["acc"],
-        t["auc"],
+        test_summary(rec),
         rec["best_epoch"],
         rec["wall_time_s"],
     )

@@ -278,3 +278,13 @@ def tag_tables(all_tables: Sequence[str], tag: str) -> list[str]:
     names = sorted(all_tables)
     bits = int(tag[1:], 16)
     return [t for i, t in enumerate(names) if bits >> i & 1]
+
+
+#: The test metrics a run's log line shows, those of its task that it has.
+LOGGED_METRICS = ("acc", "auc", "ap", "jaccard", "dice", "fg_iou")
+
+
+def test_summary(record: Mapping[str, Any]) -> str:
+    """The record's headline test metrics in one line (classification or segmentation)."""
+    test = record["metrics"]["test"]
+    return " ".join(f"{k} {test[k]:.4f}" for k in LOGGED_METRICS if k in test)
