@@ -37,9 +37,6 @@ from samcache.sweep import (
 log = logging.getLogger(__name__)
 
 
-#: The test metrics a batch's log line shows per run.
-
-
 class BatchFailed(Exception):
     """Some runs of a batch failed; the others are staged."""
 
