@@ -75,7 +75,7 @@ def test_synthetic_images_are_deterministic_and_independent_of_n(tmp_path):
 def test_synthetic_store_follows_the_contract(small_store):
     s = small_store
     assert s.images.shape == (60, 64, 64, 3)
-    assert set(s.tasks) == {"melanoma", "grade", "lesion"}
+    assert set(s.tasks) == {"melanoma", "grade", "lesion", "attributes"}
     assert s.tasks["grade"].type == "ordinal" and len(s.tasks["grade"].classes) == 5
     lesion = s.tasks["lesion"]  # the lesion masks as a segmentation task (seeds 002 and 004)
     assert (lesion.type, lesion.mask, lesion.classes) == (
@@ -86,6 +86,14 @@ def test_synthetic_store_follows_the_contract(small_store):
     presence = (np.asarray(s.group["masks/lesion"][:]) > 0).any(axis=(1, 2))
     np.testing.assert_array_equal(s.stratify_on("lesion")[:, 0], presence)
     assert s.attribute_names == ATTRIBUTES
+    attrs = s.tasks["attributes"]  # the five attribute masks as one task (seed 003)
+    assert (attrs.type, attrs.mask, attrs.classes) == (
+        "segmentation",
+        "masks/attributes",
+        ATTRIBUTES,
+    )
+    presence = (np.asarray(s.group["masks/attributes"][:]) > 0).any(axis=(2, 3))
+    np.testing.assert_array_equal(s.stratify_on("attributes"), presence)
     assert s.group["masks/attributes"].shape == (60, 5, 64, 64)
     counts = np.bincount(s.split(), minlength=3)
     assert counts.tolist() == [36, 12, 12]

@@ -218,6 +218,12 @@ def write_synthetic_store(
             "grade": {"type": "ordinal", "classes": ["0", "1", "2", "3", "4"]},
             # the lesion masks as a segmentation task (seeds 002 and 004's demo tables)
             "lesion": {"type": "segmentation", "classes": ["lesion"], "mask": "masks/lesion"},
+            # the five attribute masks as one multi-label segmentation task (seed 003's demo)
+            "attributes": {
+                "type": "segmentation",
+                "classes": list(ATTRIBUTES),
+                "mask": "masks/attributes",
+            },
         },
         lesion_mask=np.stack([x.mask for x in lesions]),
         attributes=np.stack([x.attributes for x in lesions]),
