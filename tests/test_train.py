@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
-from samcache.train import train_run
+from samcache.train import TrainSettings, make_optimizer, train_run
 
 METHOD = {
     "head": "linear_probe",
@@ -113,3 +115,21 @@ def test_classification_subsample_is_stratified_on_the_labels(
     train = small_store.indices("train")
     expected = fraction_subsample(train, small_store.labels("grade")[train], 50, 3)
     assert rec["subsample_digest"] == subsample_digest(expected)
+
+
+def test_amsgrad_with_polynomial_decay_follows_seed_003():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    s = TrainSettings(optimizer="amsgrad", lr=1e-4, weight_decay=1e-4, epochs=10, poly_power=0.9)
+    opt, sched = make_optimizer(p, s)
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["amsgrad"]
+    assert opt.defaults["betas"][0] == 0.9 and opt.defaults["weight_decay"] == 1e-4
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [1e-4 * (1 - e / 10) ** 0.9 for e in range(10)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-9)
+    assert opt.param_groups[0]["lr"] == 0.0  # the last epoch ends at zero
+    with pytest.raises(ValueError, match="lr_step and train.poly_power"):
+        make_optimizer(p, TrainSettings(lr_step=5, poly_power=0.9))

@@ -75,7 +75,8 @@ def step_bytes(
     )
     params = sum(p.numel() * 4 for p in head.parameters() if p.requires_grad)
     optimiser = (method.get("train") or {}).get("optimizer", "adamw")
-    states = 2 if optimiser == "adamw" else 1
+    # per parameter: SGD's momentum; Adam's two moments; AMSGrad's maximum of the second too
+    states = {"sgd": 1, "amsgrad": 3}.get(optimiser, 2)
     return saved + inputs + params * (2 + states)
 
 

@@ -68,29 +68,43 @@ class TrainSettings:
     augment: bool | dict = True  # flips and crops, applied to every spatial input alike
     tap_augment: str = "warp"  # how cached taps follow the image: warp, views or none
     oversample: bool = False  # minority classes drawn as often as the majority (seed 001)
-    optimizer: str = "adamw"  # or "sgd": seed 001's SGD with (Nesterov) momentum
+    optimizer: str = "adamw"  # adam (seeds 002, 004), amsgrad (seed 003), sgd (seed 001)
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: constant)
     lr_gamma: float = 0.1
+    poly_power: float = 0.0  # > 0: lr * (1 - epoch / epochs) ** poly_power after each epoch
 
 
 def make_optimizer(
     params: list[torch.nn.Parameter], s: TrainSettings
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """AdamW (seed 000), Adam (seeds 002, 004), or SGD with momentum (seed 001); optionally a
-    step decay per epoch."""
+    """AdamW (seed 000), Adam (seeds 002, 004), AMSGrad (seed 003: Adam with ``amsgrad``, β1 =
+    0.9, its "momentum", and L2 weight decay as torch's Adam applies it) or SGD with momentum
+    (seed 001); optionally a step decay or a polynomial decay per epoch (seed 003: power 0.9,
+    ``torch.optim.lr_scheduler.PolynomialLR`` over the run's epochs)."""
     if s.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    elif s.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    elif s.optimizer in ("adam", "amsgrad"):
+        amsgrad = s.optimizer == "amsgrad"
+        opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, amsgrad=amsgrad)
     elif s.optimizer == "sgd":
         opt = torch.optim.SGD(
             params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
         )
     else:
-        raise ValueError(f"train.optimizer: unknown optimizer '{s.optimizer}' (adamw, adam or sgd)")
-    sched = torch.optim.lr_scheduler.StepLR(opt, s.lr_step, s.lr_gamma) if s.lr_step else None
+        raise ValueError(
+            f"train.optimizer: unknown optimizer '{s.optimizer}' (adamw, adam, amsgrad or sgd)"
+        )
+    if s.lr_step and s.poly_power:
+        raise ValueError(
+            "train.lr_step and train.poly_power are two learning-rate schedules; set one of them"
+        )
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    if s.lr_step:
+        sched = torch.optim.lr_scheduler.StepLR(opt, s.lr_step, s.lr_gamma)
+    elif s.poly_power:
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, s.epochs, s.poly_power)
     return opt, sched
 
 
