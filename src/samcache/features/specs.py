@@ -351,20 +351,29 @@ SUPERPIXEL_FORMAT = 1
 
 @dataclass(frozen=True)
 class SlicParams:
-    """Arguments of ``skimage.segmentation.slic`` that change its output."""
+    """Arguments of ``skimage.segmentation.slic`` that change its output.
+
+    ``slic_zero``: SLIC-zero (Achanta et al.'s SLICO, scikit-image's ``slic_zero``), which adapts
+    the compactness to each superpixel; ISIC's attribute ground truth was drawn on SLIC-zero
+    superpixels.
+    """
 
     n_segments: int = 100
     compactness: float = 10.0
     sigma: float = 1.0
     max_num_iter: int = 10
     enforce_connectivity: bool = True
+    slic_zero: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SlicParams:
         return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
 
     def key(self, dataset_id: str) -> str:
-        return digest({"format": SUPERPIXEL_FORMAT, "dataset": dataset_id, "slic": asdict(self)})
+        slic = asdict(self)
+        if not self.slic_zero:  # caches built before the option existed keep their key
+            del slic["slic_zero"]
+        return digest({"format": SUPERPIXEL_FORMAT, "dataset": dataset_id, "slic": slic})
 
 
 def superpixel_key(cfg: Mapping[str, Any], dataset_id: str) -> str:

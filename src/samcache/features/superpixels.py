@@ -45,6 +45,7 @@ def slic_labels(image: np.ndarray, params: SlicParams) -> np.ndarray:
         sigma=params.sigma,
         max_num_iter=params.max_num_iter,
         enforce_connectivity=params.enforce_connectivity,
+        slic_zero=params.slic_zero,
         start_label=0,
         channel_axis=-1,
     ).astype(np.int32)
