@@ -6,9 +6,9 @@ For every row that names a baseline, every block, fraction and metric both rows 
   same seed is the same training subsample), their mean and 95 % Student-t interval;
 * per seed, on the shared test images: DeLong's test for a binary task's AUC, a sign-flip
   permutation test otherwise (accuracy, Jaccard indices and the per-image segmentation metrics
-  image by image; AP, multi-class AUC and a segmentation's foreground IoU on the whole test
-  set, from each image's confusion counts), with a paired bootstrap interval
-  (``samcache.paired``);
+  image by image; AP, multi-class AUC, a segmentation's foreground IoU and its ISIC task-2
+  scores on the whole test set, from each image's confusion counts), with a paired bootstrap
+  interval (``samcache.paired``);
 * the per-seed p-values of the whole table adjusted together (Holm by default).
 
 A cell is marked when its difference is significant after the adjustment in every seed, in the
@@ -34,7 +34,13 @@ from samcache.paired import (
     seed_interval,
 )
 from samcache.predictions import Predictions, load_predictions
-from samcache.segmentation import PER_IMAGE_METRICS, batch_foreground_iou
+from samcache.segmentation import (
+    PER_IMAGE_METRICS,
+    batch_foreground_iou,
+    batch_task2,
+    count_classes,
+    stacked_class_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +126,21 @@ def image_test(metric: str, a: Predictions, b: Predictions, *, confidence: float
             resamples=resamples,
             confidence=confidence,
         )
+    if metric.startswith("task2_"):
+        classes = count_classes(a.per_image)
+        if not classes or count_classes(b.per_image) != classes:
+            raise ValueError(
+                f"run records {a.record} and {b.record} do not both hold per-image counts of "
+                f"the same mask classes (tp_<class> ...), which {metric} is resampled from"
+            )
+        return paired_resampling_test(
+            np.zeros(len(a.items)),
+            stacked_class_counts(a.per_image, classes),
+            stacked_class_counts(b.per_image, classes),
+            batch_task2(metric, classes),
+            resamples=resamples,
+            confidence=confidence,
+        )
     if metric.startswith("jaccard_") or metric in PER_IMAGE_METRICS:
         missing = [p.record for p in (a, b) if metric not in p.per_image]
         if missing:
@@ -138,7 +159,8 @@ def image_test(metric: str, a: Predictions, b: Predictions, *, confidence: float
         )
     raise ValueError(
         f"no paired test for metric '{metric}' (acc, auc, ap, jaccard_<map>, or a segmentation "
-        "metric: jaccard, dice, isic_jaccard, pixel_acc, fg_iou)"
+        "metric: jaccard, dice, isic_jaccard, pixel_acc, fg_iou, and with several mask channels "
+        "task2_jaccard, task2_dice and their _macro, _micro and _<class> variants)"
     )
 
 

@@ -64,7 +64,7 @@ def evaluate_masks(
             f"the head predicts {pred.shape[1]} mask channels, task '{task.name}' has "
             f"{truth.shape[1]}"
         )
-    metrics, per_image = segmentation_metrics(pred, truth)
+    metrics, per_image = segmentation_metrics(pred, truth, task.classes)
     return metrics, per_image, pred
 
 

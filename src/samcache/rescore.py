@@ -7,7 +7,8 @@ and any further scorer given as ``name=module:function``. A scorer is called as
 ``function(labels, scores)``: the positive class's probabilities (N,) for a binary task, the
 (N, K) probabilities otherwise; this is how an external scorer, such as a challenge's official
 one, runs on samcache's results. For a segmentation run the metrics come from the predicted masks
-in its prediction store against the dataset store's masks (``samcache.segmentation``), and a
+in its prediction store against the dataset store's masks (``samcache.segmentation``; each
+channel named as its ``masks/<class>`` array, so the task-2 metrics keep their class names), and a
 scorer is called as ``function(true_masks, predicted_masks)``, both boolean (N, K, H, W).
 A recomputed metric that the record also holds must equal it:
 a difference means the predictions are not those the metrics came from, and is an error that
@@ -95,7 +96,8 @@ def rescore_segmentation(
             "missing"
         )
     truth, predicted = masks_from_store(pred, dataset)
-    out, _ = segmentation_metrics(predicted, truth)
+    classes = list(pred.open_store().attrs.get("mask_targets") or {})  # masks_from_store's order
+    out, _ = segmentation_metrics(predicted, truth, classes)
     for name, f in (scorers or {}).items():
         out[name] = float(f(truth, predicted))
     return out

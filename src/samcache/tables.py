@@ -46,6 +46,12 @@ METRIC_LABELS = {
     "isic_jaccard": "Jaccard ≥ 0.65",
     "pixel_acc": "Pixel acc.",
     "fg_iou": "IoU",
+    "task2_jaccard": "Avg JA",
+    "task2_dice": "Avg Dice",
+    "task2_jaccard_macro": "Macro Jaccard",
+    "task2_dice_macro": "Macro Dice",
+    "task2_jaccard_micro": "Micro Jaccard",
+    "task2_dice_micro": "Micro Dice",
 }
 NO_BACKBONE = "no trainable backbone"
 MEDMNIST = {"retinamnist": "RetinaMNIST", "breastmnist": "BreastMNIST"}
@@ -69,7 +75,13 @@ def table_metrics(spec: Mapping[str, Any]) -> list[str]:
 
 
 def metric_label(spec: Mapping[str, Any], metric: str) -> str:
-    return (spec.get("metric_labels") or {}).get(metric) or METRIC_LABELS.get(metric, metric)
+    own = (spec.get("metric_labels") or {}).get(metric) or METRIC_LABELS.get(metric)
+    if own:
+        return own
+    for kind, label in (("task2_jaccard_", "Jaccard"), ("task2_dice_", "Dice")):
+        if metric.startswith(kind):  # one class's task-2 score: "Pigment network Jaccard"
+            return f"{metric.removeprefix(kind).replace('_', ' ').capitalize()} {label}"
+    return metric
 
 
 def block_label(block: Mapping[str, str]) -> str:
