@@ -29,9 +29,42 @@ equation variant:
   ``DiceLoss(jaccard=True)``: ``1 - Σ p g / (Σ p + Σ g - Σ p g)`` per image and channel), with
   equal weights. The tests check each term against a numpy form of its equation (SSIM against
   scikit-image).
+
+SANet's losses (seed 003, the last section) take the same inputs; p = sigmoid(logits) and
+p_t = p where y = 1, 1 - p where y = 0:
+
+* ``global_balancing_ce``, GBCEL, eqs. (7)-(8). The printed signs are garbled (a "-F" in front
+  of a loss that is already positive); the text and Fig. 3 describe a focal loss
+  F(p_t) = -(1 - p_t)^γ log p_t whose outlier branch is a smooth truncation (Zhou et al.'s
+  smooth truncated loss): for p_t < θ the loss is F(θ) + ½ (1 - p_t² / θ²), which equals F at
+  p_t = θ and stays below F(θ) + ½, so badly misclassified (possibly mislabelled) pixels stop
+  dominating the sum. θ = 0 is the plain focal loss, and γ = 0 with θ = 0 the binary
+  cross-entropy. Fig. 3 draws the truncation at 0.2 (the default) and Table 2 finds γ = 1 best
+  (the default). The equations print α where the text means θ. The paper's class weight ω
+  appears in no equation; here it multiplies each channel's terms before the mean over
+  pixels, channels and images (the mean is not renormalised by Σ ω).
+* ``global_balancing_jaccard``, GBJAL, eq. (4): 0.5 JAL_micro + 0.5 JAL_macro with sums over
+  the whole batch ("global"), so a batch whose images are blank for one attribute does not
+  divide by zero per image. JAL_k of channel k is 1 - Σ p q / (Σ p² + Σ q² - Σ p q) over all
+  images and pixels ("standard": Yuan et al. 2017's squared Jaccard distance); eq. (3) as
+  printed lacks the - Σ p q ("printed": it is then half a Dice loss plus ½ and cannot go
+  below ½). JAL_macro is the mean of JAL_k over channels (eq. (5)'s denominator is garbled;
+  the text says "the average among them"); JAL_micro is eq. (6), the same sums taken over
+  channels too; ``batch_jaccard_loss`` gives either alone. ε = 1e-5 is added to numerator and
+  denominator (as MONAI does), so an empty prediction of an empty batch costs 0. MONAI's
+  ``DiceLoss(jaccard=True, squared_pred=True, batch=True)`` is the standard form only up to
+  where ε enters (it computes 1 - (2 I + ε) / (2 (P + Q - I) + ε)), and it derives I from
+  norms, (‖p‖² + ‖q‖² - ‖p - q‖²) / 2, a difference that loses float32 precision when the
+  intersection is small against Σ p² + Σ q² (rare attributes); both forms are therefore
+  written out here, and the tests compare the standard one with MONAI's (smoothing 2 ε).
+* ``sanet_loss``, eq. (9): L = 0.5 GBCEL + 0.5 GBJAL ("gbl"); Table 2's baseline, eq. (2):
+  0.5 BCE + 0.5 JAL, JAL the macro Jaccard loss with batch sums ("ce_jal").
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,3 +166,126 @@ def hybrid_loss(
         + ssim_loss(logits, target)
         + soft_jaccard_loss(logits, target)
     )
+
+
+# --- SANet (seed 003): the global balancing loss; readings in the module docstring ---------
+
+JACCARD_FORMS = ("standard", "printed")
+JACCARD_AVERAGES = ("macro", "micro")
+SANET_LOSSES = ("gbl", "ce_jal")
+JACCARD_EPS = 1e-5
+
+
+def _check_dense_pair(logits: torch.Tensor, target: torch.Tensor, what: str) -> None:
+    if logits.dim() != 4 or logits.shape != target.shape:
+        raise ValueError(
+            f"{what}: logits {tuple(logits.shape)} and target {tuple(target.shape)} must both be "
+            "(B, K, H, W)"
+        )
+
+
+def _work(logits: torch.Tensor) -> torch.Tensor:
+    # Half-precision sums over a whole batch of pixels lose the rare attributes: use float32.
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def global_balancing_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    theta: float = 0.2,
+    class_weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """SANet's GBCEL, eqs. (7)-(8): focal loss, smoothly truncated below ``p_t = theta``."""
+    if not 0 <= theta < 1:
+        raise ValueError(f"head_args.gbl_theta must be in [0, 1); got {theta}")
+    if not gamma >= 0:
+        raise ValueError(f"head_args.gbl_gamma must be >= 0; got {gamma}")
+    _check_dense_pair(logits, target, "global_balancing_ce")
+    z = _work(logits)
+    z_t = z * (2 * target.to(z.dtype) - 1)  # logit of p_t
+    # log p_t and log(1 - p_t) from log-sigmoids: finite values and gradients at any logit
+    focal = -torch.exp(gamma * F.logsigmoid(-z_t)) * F.logsigmoid(z_t)
+    loss = focal
+    if theta > 0:
+        p_t = torch.sigmoid(z_t)
+        at_theta = -((1 - theta) ** gamma) * math.log(theta)
+        loss = torch.where(p_t < theta, at_theta + 0.5 * (1 - p_t**2 / theta**2), focal)
+    if class_weights is not None:
+        k = logits.shape[1]
+        w = torch.as_tensor(class_weights, dtype=z.dtype, device=z.device)
+        if w.shape != (k,):
+            raise ValueError(
+                f"head_args.class_weights needs one weight per channel ({k}); got {tuple(w.shape)}"
+            )
+        loss = loss * w[None, :, None, None]
+    return loss.mean().to(logits.dtype)
+
+
+def _jaccard(inter: torch.Tensor, pp: torch.Tensor, qq: torch.Tensor, form: str) -> torch.Tensor:
+    union = pp + qq - inter if form == "standard" else pp + qq
+    return 1 - (inter + JACCARD_EPS) / (union + JACCARD_EPS)
+
+
+def _jaccard_sums(
+    logits: torch.Tensor, target: torch.Tensor, form: str, what: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per channel Σ p q, Σ p², Σ q² over images and pixels."""
+    if form not in JACCARD_FORMS:
+        raise ValueError(f"head_args.jaccard_form must be one of {JACCARD_FORMS}; got {form!r}")
+    _check_dense_pair(logits, target, what)
+    p = torch.sigmoid(_work(logits))
+    q = target.to(p.dtype)
+    dims = (0, 2, 3)
+    return (p * q).sum(dims), (p * p).sum(dims), (q * q).sum(dims)
+
+
+def batch_jaccard_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    form: str = "standard",
+    average: str = "macro",
+) -> torch.Tensor:
+    """SANet's JAL with sums over the batch: ``macro`` the mean of JAL_k over channels (eq. 5),
+    ``micro`` one JAL over all channels' sums (eq. 6); ``form`` as in the section comment."""
+    if average not in JACCARD_AVERAGES:
+        raise ValueError(f"batch_jaccard_loss: average must be one of {JACCARD_AVERAGES}")
+    inter, pp, qq = _jaccard_sums(logits, target, form, "batch_jaccard_loss")
+    if average == "micro":
+        return _jaccard(inter.sum(), pp.sum(), qq.sum(), form).to(logits.dtype)
+    return _jaccard(inter, pp, qq, form).mean().to(logits.dtype)
+
+
+def global_balancing_jaccard(
+    logits: torch.Tensor, target: torch.Tensor, *, form: str = "standard"
+) -> torch.Tensor:
+    """SANet's GBJAL, eq. (4): ``0.5 JAL_micro + 0.5 JAL_macro``, sums over the whole batch."""
+    inter, pp, qq = _jaccard_sums(logits, target, form, "global_balancing_jaccard")
+    micro = _jaccard(inter.sum(), pp.sum(), qq.sum(), form)
+    macro = _jaccard(inter, pp, qq, form).mean()
+    return (0.5 * micro + 0.5 * macro).to(logits.dtype)
+
+
+def sanet_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    loss: str = "gbl",
+    gamma: float = 1.0,
+    theta: float = 0.2,
+    form: str = "standard",
+    class_weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Eq. (9), ``0.5 GBCEL + 0.5 GBJAL`` (``"gbl"``), or Table 2's baseline, eq. (2),
+    ``0.5 BCE + 0.5 JAL_macro`` (``"ce_jal"``; ``gamma`` and ``theta`` unused). ``class_weights``
+    weight the cross-entropy term of either."""
+    if loss not in SANET_LOSSES:
+        raise ValueError(f"head_args.loss must be one of {SANET_LOSSES}; got {loss!r}")
+    if loss == "ce_jal":
+        # GBCEL at γ = 0, θ = 0 is the binary cross-entropy, mean over pixels
+        ce = global_balancing_ce(logits, target, gamma=0.0, theta=0.0, class_weights=class_weights)
+        return 0.5 * ce + 0.5 * batch_jaccard_loss(logits, target, form=form)
+    ce = global_balancing_ce(logits, target, gamma=gamma, theta=theta, class_weights=class_weights)
+    return 0.5 * ce + 0.5 * global_balancing_jaccard(logits, target, form=form)
