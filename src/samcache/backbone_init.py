@@ -38,6 +38,10 @@ BACKBONE_HEADS = frozenset(
         "attnmel_cnn_bkg",
         "aernet",
         "aernet_sam",
+        "sanet_resunet",
+        "sanet",
+        "sanet_deeplab",
+        "sanet_danet",
         "thwin_deeplabv3",
     }
 )
@@ -76,6 +80,7 @@ KNOWN_CHECKPOINTS = {
             ("legacy_seresnext101_32x4d.in1k", "Cadene's SE-ResNeXt101 32x4d ImageNet weights"),
             ("legacy_seresnet152.in1k", "Cadene's SE-ResNet152 ImageNet weights"),
             ("resnet50.tv_in1k", "torchvision's ResNet-50 ImageNet weights"),
+            ("resnet101.tv_in1k", "torchvision's ResNet-101 ImageNet weights"),
         )
     },
     "swinv2_base_window8_256.ms_in1k.safetensors": KnownCheckpoint(

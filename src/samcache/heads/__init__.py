@@ -13,6 +13,8 @@ from samcache.heads import (  # noqa: F401  (each module registers its heads)
     probe,
     sam_attnmel,
     samaug,
+    sanet,
+    sanet_baselines,
     slca,
     thwin,
 )

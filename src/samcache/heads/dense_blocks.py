@@ -191,6 +191,13 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(below, out_channels, 1)
 
     def forward(self, bridge: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        logits = self.head(self.features(bridge, skips))
+        if logits.shape[-2:] != self.out_size:
+            logits = F.interpolate(logits, size=self.out_size, mode="bilinear", align_corners=False)
+        return logits
+
+    def features(self, bridge: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The last block's map (the last width, on the finest grid), before the 1x1 head."""
         x = bridge
         for k, (skip, step) in enumerate(zip(skips, self.steps, strict=True)):
             up = (
@@ -203,7 +210,4 @@ class Decoder(nn.Module):
             x = step(torch.cat([up, skip], dim=1))
         for step in self.free:
             x = step(F.interpolate(x, scale_factor=2, mode="nearest"))
-        logits = self.head(x)
-        if logits.shape[-2:] != self.out_size:
-            logits = F.interpolate(logits, size=self.out_size, mode="bilinear", align_corners=False)
-        return logits
+        return x

@@ -14,8 +14,10 @@ pixel (y, x) belongs to the feature cell that covers it, row ``floor(y h / H)`` 
   ``avg_pool2d`` (the windows of the exact pooled caches); otherwise the cells are the floor-rule
   partition above, not ``adaptive_avg_pool2d``'s overlapping windows.
 
-At h = H, w = W both are the plain segment mean and broadcast. The overlap matrix (B, N, h w)
-is built with one ``bincount``, and pooling and unpooling are ``bmm`` with it, so the
+At h = H, w = W both are the plain segment mean and broadcast, computed directly (a
+``scatter_add`` over the pixels and a gather), since there the overlap matrix would be N times
+the features (5 x 1000 x 256 x 256 floats is 1.3 GB). On a coarser grid the overlap matrix
+(B, N, h w) is built with one ``bincount``, and pooling and unpooling are ``bmm`` with it, so the
 upsampled (B, C, H, W) features never exist; its memory is B N h w floats (5 x 150 x 64 x 64
 is 12 MB in float32).
 
@@ -123,6 +125,34 @@ def _unpool(regions: torch.Tensor, overlap: torch.Tensor, h: int, w: int) -> tor
     return out.transpose(1, 2).reshape(B, C, h, w).to(regions.dtype)
 
 
+def _pool_pixels(
+    features: torch.Tensor, labels: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooling on the labels' own grid: a scatter-add of the pixels into their superpixels."""
+    B, C = features.shape[:2]
+    dt = _work_dtype(features.dtype)
+    index = labels.reshape(B, 1, -1)
+    sums = features.new_zeros((B, C, n), dtype=dt).scatter_add_(
+        2, index.expand(B, C, -1), features.reshape(B, C, -1).to(dt)
+    )
+    sizes = torch.zeros((B, n), dtype=dt, device=features.device)
+    sizes.scatter_add_(1, index[:, 0], torch.ones_like(index[:, 0], dtype=dt))
+    regions = (sums / sizes.clamp_min(1)[:, None]).transpose(1, 2)
+    return regions.to(features.dtype), sizes.to(features.dtype)
+
+
+def _unpool_pixels(regions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Unpooling on the labels' own grid: each pixel its superpixel's row of ``regions``."""
+    B, _, C = regions.shape
+    H, W = labels.shape[-2:]
+    index = labels.reshape(B, 1, -1).expand(B, C, -1)
+    return regions.transpose(1, 2).gather(2, index).reshape(B, C, H, W)
+
+
+def _full(labels: torch.Tensor, h: int, w: int) -> bool:
+    return (h, w) == tuple(labels.shape[-2:])
+
+
 def _check_batch(x: torch.Tensor, labels: torch.Tensor, what: str) -> None:
     if x.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -139,6 +169,8 @@ def superpixel_pool(
     labels, n = _check_labels(labels.to(features.device), n)
     _check_batch(features, labels, "features")
     h, w = _check_grid(labels, features.shape[-2:])
+    if _full(labels, h, w):
+        return _pool_pixels(features, labels, n)
     return _pool(features, _overlap(labels, h, w, n))
 
 
@@ -151,6 +183,8 @@ def superpixel_unpool(
     labels, n = _check_labels(labels.to(regions.device), regions.shape[1])
     _check_batch(regions, labels, "regions")
     h, w = _check_grid(labels, grid)
+    if _full(labels, h, w):
+        return _unpool_pixels(regions, labels)
     return _unpool(regions, _overlap(labels, h, w, n), h, w)
 
 
@@ -161,6 +195,8 @@ def superpixel_smooth(features: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     labels, n = _check_labels(labels.to(features.device), None)
     _check_batch(features, labels, "features")
     h, w = _check_grid(labels, features.shape[-2:])
+    if _full(labels, h, w):
+        return _unpool_pixels(_pool_pixels(features, labels, n)[0], labels)
     overlap = _overlap(labels, h, w, n)  # built once for both directions
     regions, _ = _pool(features, overlap)
     return _unpool(regions, overlap, h, w)
