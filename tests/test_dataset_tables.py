@@ -1,5 +1,5 @@
 """Tables of a dataset store's ground truth (samcache.dataset_tables): counted from the store
-alone, on one split, the same files as a table of runs."""
+alone, on one split, the same files as a table of runs, and built by the `table` rule."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from samcache import code_version, dataset_tables
 from samcache.cli import main
 from samcache.data.store import DatasetStore, write_dataset_store
 from samcache.dataset_tables import count_masks, write_statistics_table
+
+from conftest import REPO
+from test_workflow import DEMO, job_counts, snakemake
 
 #: Seed 003's attributes, in the order of ISIC 2018 task 2's store, and of its Table 1.
 CLASSES = ["pigment_network", "negative_network", "streaks", "milia_like_cyst", "globules"]
@@ -226,3 +230,116 @@ def test_the_command_fails_with_one_line_on_a_class_that_is_not_in_the_store(
     rescore = ["rescore", "--spec", json.dumps(spec()), "--md", "x.md", "--csv", "x.csv"]
     assert main(rescore) == 1  # nothing to rescore: no runs
     assert "it has no runs to rescore" in caplog.text
+
+
+# --- the workflow ---------------------------------------------------------------------------
+
+#: A standalone workflow config with one statistics table of the synthetic demo store (whose
+#: task 'attributes' holds its five attribute masks) and a superpixel set it must not plan.
+CONFIG = {
+    "standalone": True,
+    "targets": ["demo_sanet_table1"],
+    "datasets": {"demo": {"source": "synthetic", "n_images": 30, "image_size": 32, "seed": 0}},
+    "superpixels": {"slic": {"n_segments": 16}},
+    "tables": {
+        "demo_sanet_table1": {
+            "kind": "dataset_statistics",
+            "title": "Information of each type of attribute",
+            "blocks": [{"dataset": "demo", "task": "attributes"}],
+            "rows": PAPER_ORDER,
+        }
+    },
+}
+
+
+def write_config(tmp_path: Path, **tables) -> Path:
+    cfg = {**CONFIG, "tables": {**CONFIG["tables"], **tables}}
+    path = tmp_path / "stats.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_statistics_table_plans_only_its_dataset_store_and_itself(tmp_path):
+    config = (write_config(tmp_path),)
+    for targets in ([], ["results/tables/demo_sanet_table1.md"]):
+        res = snakemake(tmp_path, "--dry-run", *targets, config=config)
+        assert res.returncode == 0, res.stderr
+        counts = job_counts(res.stdout)
+        assert counts == ({"dataset": 1, "table": 1} | ({"all": 1} if not targets else {}))
+    res = snakemake(tmp_path, "--dry-run", "all_tables", "all_galleries", config=config)
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout) == {
+        "dataset": 1,
+        "table": 1,
+        "all_tables": 1,
+        "all_galleries": 1,
+    }
+    res = snakemake(tmp_path, "--dry-run", "results/galleries/demo_sanet_table1", config=config)
+    assert res.returncode != 0
+    assert "dataset_statistics table: it has no runs, so no gallery" in res.stdout + res.stderr
+
+
+def test_a_run_key_on_a_statistics_table_stops_the_workflow_naming_it(tmp_path):
+    bad = {**CONFIG["tables"]["demo_sanet_table1"], "fractions": [100]}
+    res = snakemake(tmp_path, "--dry-run", config=(write_config(tmp_path, demo_sanet_table1=bad),))
+    assert res.returncode != 0
+    assert (
+        "'tables.demo_sanet_table1.fractions': a key of run tables only" in res.stdout + res.stderr
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Object at .snakemake_timestamp is not recognized")
+def test_snakemake_builds_the_table_from_the_synthetic_store_alone(tmp_path):
+    """Needs the synthetic store's task 'attributes' (samcache.data.synthetic)."""
+    res = snakemake(
+        tmp_path,
+        "--cores",
+        "1",
+        "results/tables/demo_sanet_table1.md",
+        config=(write_config(tmp_path),),
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    tables = tmp_path / "results/tables"
+    assert sorted(p.name for p in tables.iterdir()) == sorted(
+        f"demo_sanet_table1{s}" for s in SUFFIXES.values()
+    )
+    assert not (tmp_path / "results/runs").exists() and not (tmp_path / "cache").exists()
+    store = DatasetStore(tmp_path / "data/stores/demo.zarr")
+    masks = np.asarray(store.group["masks/attributes"][:])[store.split() == 0] > 0
+    n, _, h, w = masks.shape
+    table = pd.read_csv(tables / "demo_sanet_table1.csv", index_col=0)
+    block = "demo / attributes"
+    for cls in PAPER_ORDER:
+        k = store.task("attributes").classes.index(cls)
+        blank = 100.0 * (~masks[:, k].reshape(n, -1).any(axis=1)).mean()
+        foreground = 100.0 * masks[:, k].sum() / (n * h * w)
+        assert table.loc[cls, f"{block}/Blank images (%)"] == pytest.approx(blank, abs=1e-4)
+        assert table.loc[cls, f"{block}/Foreground pixels (%)"] == pytest.approx(
+            foreground, abs=1e-4
+        )
+    assert "data/stores/demo.zarr" in (tables / "demo_sanet_table1.md").read_text()
+    again = snakemake(tmp_path, "--dry-run", config=(tmp_path / "stats.yaml",))
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_the_schema_fills_a_statistics_tables_defaults_and_none_of_a_run_tables():
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load(yaml.safe_dump(CONFIG))
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    t = cfg["tables"]["demo_sanet_table1"]
+    assert t["split"] == "train" and t["metrics"] == ["blank_images", "foreground_pixels"]
+    assert not {"fractions", "seeds", "comparisons"} & set(t)
+
+
+def test_beside_tables_of_runs_a_statistics_table_adds_its_table_job_alone(tmp_path):
+    """The demo's tables planned with and without one more, of dataset statistics: the same
+    runs, batches and caches."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"tables": CONFIG["tables"]}))
+    plain = snakemake(tmp_path, "--dry-run", "all_tables", "all_galleries")
+    more = snakemake(tmp_path, "--dry-run", "all_tables", "all_galleries", config=(DEMO, overlay))
+    assert plain.returncode == 0 and more.returncode == 0, more.stderr
+    want = job_counts(plain.stdout)
+    want["table"] += 1
+    assert job_counts(more.stdout) == want
