@@ -238,10 +238,16 @@ def cmd_train_batch(a: argparse.Namespace) -> None:
 
 
 def _write_table(a: argparse.Namespace, rescore=None) -> None:
+    from samcache.dataset_tables import KIND, is_statistics_table
     from samcache.tables import write_table
 
     spec = load_spec(a.spec)
     spec.setdefault("name", Path(a.md).stem)
+    if is_statistics_table(spec):
+        raise ValueError(
+            f"table '{spec['name']}' is a {KIND} table: it has no runs to rescore; "
+            "`samcache table` counts it from its dataset stores"
+        )
     write_table(
         spec,
         a.records,
@@ -257,8 +263,27 @@ def _write_table(a: argparse.Namespace, rescore=None) -> None:
 
 
 def cmd_table(a: argparse.Namespace) -> None:
-    _write_table(a)
-    log.info("wrote %s and %s from %d run records", a.md, a.csv, len(a.records))
+    from samcache.dataset_tables import is_statistics_table, write_statistics_table
+
+    spec = load_spec(a.spec)
+    if not is_statistics_table(spec):
+        _write_table(a)
+        log.info("wrote %s and %s from %d run records", a.md, a.csv, len(a.records))
+        return
+    spec.setdefault("name", Path(a.md).stem)
+    write_statistics_table(
+        spec,
+        a.records,
+        a.md,
+        a.csv,
+        a.runs_csv,
+        a.plot,
+        tex=a.tex,
+        compare_csv=a.compare_csv,
+        html=a.html,
+        progress=True,
+    )
+    log.info("wrote %s and %s from the dataset stores %s", a.md, a.csv, ", ".join(a.records))
 
 
 def cmd_rescore(a: argparse.Namespace) -> None:
@@ -485,7 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also compute NAME with FUNCTION(labels, scores) (repeatable); a table "
                 "shows it when its spec lists NAME",
             )
-        s.add_argument("records", nargs="*", help="run records (JSON); each is validated")
+        stores = " (a table of kind dataset_statistics: its blocks' dataset stores)"
+        s.add_argument(
+            "records",
+            nargs="*",
+            help="run records (JSON); each is validated" + (stores if verb == "table" else ""),
+        )
         s.set_defaults(func=func)
 
     s = sub.add_parser("gallery", help="attention maps, predicted masks and SAM priors as images")

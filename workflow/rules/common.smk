@@ -347,8 +347,22 @@ def table_cfg(name):
     return config["tables"][name]
 
 
+def is_statistics_table(t):
+    """A table counted from its datasets' stores alone (samcache.dataset_tables): it has no
+    runs, no caches and no gallery."""
+    return t.get("kind") == "dataset_statistics"
+
+
 def table_row_methods(t):
+    """The methods of a table's rows; none for a statistics table (its rows are classes)."""
+    if is_statistics_table(t):
+        return []
     return [r if isinstance(r, str) else r["method"] for r in t["rows"]]
+
+
+def run_table_names(names):
+    """The tables among `names` that are made of runs, and so have a gallery."""
+    return [n for n in names if not is_statistics_table(table_cfg(n))]
 
 
 def require_initialisation(methods):
@@ -385,6 +399,8 @@ def table_records(name):
 def table_stores(name):
     """The dataset stores and SAM-prior caches a table's galleries read."""
     t = table_cfg(name)
+    if is_statistics_table(t):
+        return []
     out = set()
     for b in t["blocks"]:
         out.add(dataset_store(b["dataset"]))
@@ -397,6 +413,8 @@ def table_stores(name):
 def check_baselines():
     """Every row's `baseline` is another row of its table: checked before any job runs."""
     for name, t in config["tables"].items():
+        if is_statistics_table(t):  # its rows are classes, checked against its store
+            continue
         methods = table_row_methods(t)
         for r in t["rows"]:
             base = r.get("baseline") if isinstance(r, dict) else None
@@ -625,7 +643,11 @@ def stale_table(name):
 def table_inputs(name):
     """The table's run records. Snakemake reruns nothing for a missing input of an existing
     output, so a stale table is removed first; it is then rebuilt with the missing runs.
+    A statistics table's inputs are the dataset stores of its blocks, which it counts.
     """
+    t = table_cfg(name)
+    if is_statistics_table(t):
+        return sorted({dataset_store(b["dataset"]) for b in t["blocks"]})
     why = stale_table(name)
     if why and workflow.is_main_process:
         print(
@@ -679,11 +701,21 @@ def all_table_names():
     return names
 
 
+def gallery_records(name):
+    """The run records a table's gallery shows; a statistics table has none, and no gallery."""
+    if is_statistics_table(table_cfg(name)):
+        cfg_error(
+            f"table '{name}' is a dataset_statistics table: it has no runs, so no gallery "
+            f"(results/tables/{name}.md is the table)"
+        )
+    return table_records(name)
+
+
 def get_final_output():
     tables = target_tables()
     return (
         [f"results/tables/{t}.md" for t in tables]
-        + [f"results/galleries/{t}" for t in tables]
+        + [f"results/galleries/{t}" for t in run_table_names(tables)]
         + get_cache_outputs()
     )
 
@@ -692,6 +724,8 @@ def get_cache_outputs():
     out = []
     for t in target_tables():
         spec = table_cfg(t)
+        if is_statistics_table(spec):  # counted from the dataset store alone
+            continue
         for b in spec["blocks"]:
             for m in table_row_methods(spec):
                 out += cache_manifests(b["dataset"], m).values()

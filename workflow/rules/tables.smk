@@ -1,6 +1,7 @@
 rule table:
     """A paper-shaped table (Markdown, LaTeX, CSV, HTML, per-run provenance), the paired
-    comparisons of rows with their baseline rows, and its plot."""
+    comparisons of rows with their baseline rows, and its plot; a dataset_statistics table
+    is counted from its blocks' dataset stores instead of run records."""
     input:
         lambda w: table_inputs(w.table),
     output:
@@ -39,7 +40,7 @@ rule gallery:
     """Attention maps, predicted masks and SAMAug-C priors of a table's runs, as images (an
     empty folder for a table whose heads give none)."""
     input:
-        records=lambda w: table_records(w.table),
+        records=lambda w: gallery_records(w.table),
         stores=lambda w: table_stores(w.table),
     output:
         report(
@@ -71,7 +72,10 @@ rule all_tables:
 
 
 rule all_galleries:
-    """The galleries of those tables: what `snakemake --report` shows beside them."""
+    """The galleries of those tables (statistics tables have none): what `snakemake --report`
+    shows beside them."""
     input:
-        lambda w: expand("results/galleries/{table}", table=all_table_names()),
+        lambda w: expand(
+            "results/galleries/{table}", table=run_table_names(all_table_names())
+        ),
     localrule: True
