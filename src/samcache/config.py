@@ -173,7 +173,8 @@ def check_method(name: str, config: Mapping[str, Any]) -> None:
     arguments. The workflow asks it of each method a planned run uses; it imports the heads."""
     m, where = config["methods"][name], f"methods.{name}"
     feature_taps = {n: _tap_names(fs["taps"]) for n, fs in config["feature_sets"].items()}
-    for key, section in (("features", "feature_sets"), ("sam_prior", "sam_priors")):
+    sections = (("features", "feature_sets"), ("sam_prior", "sam_priors"))
+    for key, section in (*sections, ("superpixels", "superpixels")):
         if m.get(key) and m[key] not in config[section]:
             raise ConfigError(
                 f"{where}.{key}: '{m[key]}' is not defined under '{section}' "

@@ -166,6 +166,8 @@ def check_task(head_name: str, cls: type[Head], info: TaskInfo, settings: TrainS
             f"{'segmentation' if cls.dense else 'classification'} task, or another head"
         )
     allowed = SEGMENTATION_METRICS if seg else CLASSIFICATION_METRICS
+    if seg and info.mask and len(info.classes) > 1:
+        allowed = (*allowed, "task2_jaccard", "task2_dice")
     if settings.select_metric not in allowed:
         raise ValueError(
             f"train.select_metric: '{settings.select_metric}' is not a metric of a {info.type} "

@@ -308,6 +308,9 @@ def cache_manifests(dataset, method):
     if m.get("sam_prior"):
         path = f"{sam_prior_dir(dataset, m['sam_prior'])}/manifest.json"
         out["sam_prior"] = checked_manifest(path, "sam_prior")
+    if m.get("superpixels"):
+        path = f"{superpixel_dir(dataset, m['superpixels'])}/manifest.json"
+        out["superpixels"] = checked_manifest(path, "superpixels")
     return out
 
 
@@ -332,6 +335,8 @@ def cache_args(inp):
         ]
     if "sam_prior" in inp.keys():
         args += ["--sam-prior", Path(inp.sam_prior).parent / "sam_prior.zarr"]
+    if "superpixels" in inp.keys():
+        args += ["--superpixels", Path(inp.superpixels).parent / "superpixels.zarr"]
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
@@ -468,7 +473,8 @@ def requested_tables():
 
 def run_inputs(r):
     return [
-        method_cfg(r.method).get(k) for k in ("features", "sam_prior", "image_size")
+        method_cfg(r.method).get(k)
+        for k in ("features", "sam_prior", "superpixels", "image_size")
     ]
 
 
@@ -607,6 +613,7 @@ def batch_plan_json(batch):
             "features": stores.get("features"),
             "expect_key": feature_set(dataset, features).key() if features else None,
             "sam_prior": stores.get("sam_prior"),
+            "superpixels": stores.get("superpixels"),
         }
     return {
         "batch": batch,
@@ -729,7 +736,4 @@ def get_cache_outputs():
         for b in spec["blocks"]:
             for m in table_row_methods(spec):
                 out += cache_manifests(b["dataset"], m).values()
-            for sp in config["superpixels"]:
-                path = f"{superpixel_dir(b['dataset'], sp)}/manifest.json"
-                out.append(checked_manifest(path, "superpixels"))
     return sorted(set(out))
