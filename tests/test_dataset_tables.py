@@ -238,11 +238,11 @@ def test_the_command_fails_with_one_line_on_a_class_that_is_not_in_the_store(
 #: task 'attributes' holds its five attribute masks) and a superpixel set it must not plan.
 CONFIG = {
     "standalone": True,
-    "targets": ["demo_sanet_table1"],
+    "targets": ["demo_attribute_stats"],
     "datasets": {"demo": {"source": "synthetic", "n_images": 30, "image_size": 32, "seed": 0}},
     "superpixels": {"slic": {"n_segments": 16}},
     "tables": {
-        "demo_sanet_table1": {
+        "demo_attribute_stats": {
             "kind": "dataset_statistics",
             "title": "Information of each type of attribute",
             "blocks": [{"dataset": "demo", "task": "attributes"}],
@@ -261,7 +261,7 @@ def write_config(tmp_path: Path, **tables) -> Path:
 
 def test_a_statistics_table_plans_only_its_dataset_store_and_itself(tmp_path):
     config = (write_config(tmp_path),)
-    for targets in ([], ["results/tables/demo_sanet_table1.md"]):
+    for targets in ([], ["results/tables/demo_attribute_stats.md"]):
         res = snakemake(tmp_path, "--dry-run", *targets, config=config)
         assert res.returncode == 0, res.stderr
         counts = job_counts(res.stdout)
@@ -274,17 +274,17 @@ def test_a_statistics_table_plans_only_its_dataset_store_and_itself(tmp_path):
         "all_tables": 1,
         "all_galleries": 1,
     }
-    res = snakemake(tmp_path, "--dry-run", "results/galleries/demo_sanet_table1", config=config)
+    res = snakemake(tmp_path, "--dry-run", "results/galleries/demo_attribute_stats", config=config)
     assert res.returncode != 0
     assert "dataset_statistics table: it has no runs, so no gallery" in res.stdout + res.stderr
 
 
 def test_a_run_key_on_a_statistics_table_stops_the_workflow_naming_it(tmp_path):
-    bad = {**CONFIG["tables"]["demo_sanet_table1"], "fractions": [100]}
-    res = snakemake(tmp_path, "--dry-run", config=(write_config(tmp_path, demo_sanet_table1=bad),))
+    bad = {**CONFIG["tables"]["demo_attribute_stats"], "fractions": [100]}
+    res = snakemake(tmp_path, "--dry-run", config=(write_config(tmp_path, demo_attribute_stats=bad),))
     assert res.returncode != 0
     assert (
-        "'tables.demo_sanet_table1.fractions': a key of run tables only" in res.stdout + res.stderr
+        "'tables.demo_attribute_stats.fractions': a key of run tables only" in res.stdout + res.stderr
     )
 
 
@@ -295,19 +295,19 @@ def test_snakemake_builds_the_table_from_the_synthetic_store_alone(tmp_path):
         tmp_path,
         "--cores",
         "1",
-        "results/tables/demo_sanet_table1.md",
+        "results/tables/demo_attribute_stats.md",
         config=(write_config(tmp_path),),
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     tables = tmp_path / "results/tables"
     assert sorted(p.name for p in tables.iterdir()) == sorted(
-        f"demo_sanet_table1{s}" for s in SUFFIXES.values()
+        f"demo_attribute_stats{s}" for s in SUFFIXES.values()
     )
     assert not (tmp_path / "results/runs").exists() and not (tmp_path / "cache").exists()
     store = DatasetStore(tmp_path / "data/stores/demo.zarr")
     masks = np.asarray(store.group["masks/attributes"][:])[store.split() == 0] > 0
     n, _, h, w = masks.shape
-    table = pd.read_csv(tables / "demo_sanet_table1.csv", index_col=0)
+    table = pd.read_csv(tables / "demo_attribute_stats.csv", index_col=0)
     block = "demo / attributes"
     for cls in PAPER_ORDER:
         k = store.task("attributes").classes.index(cls)
@@ -317,7 +317,7 @@ def test_snakemake_builds_the_table_from_the_synthetic_store_alone(tmp_path):
         assert table.loc[cls, f"{block}/Foreground pixels (%)"] == pytest.approx(
             foreground, abs=1e-4
         )
-    assert "data/stores/demo.zarr" in (tables / "demo_sanet_table1.md").read_text()
+    assert "data/stores/demo.zarr" in (tables / "demo_attribute_stats.md").read_text()
     again = snakemake(tmp_path, "--dry-run", config=(tmp_path / "stats.yaml",))
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -327,7 +327,7 @@ def test_the_schema_fills_a_statistics_tables_defaults_and_none_of_a_run_tables(
 
     cfg = yaml.safe_load(yaml.safe_dump(CONFIG))
     validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
-    t = cfg["tables"]["demo_sanet_table1"]
+    t = cfg["tables"]["demo_attribute_stats"]
     assert t["split"] == "train" and t["metrics"] == ["blank_images", "foreground_pixels"]
     assert not {"fractions", "seeds", "comparisons"} & set(t)
 

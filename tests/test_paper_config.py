@@ -163,8 +163,10 @@ def test_segmentation_rows_share_each_papers_schedule_and_augmentation():
             DEMO,
             ["demo_aernet_table1", "demo_aernet_table2", "demo_thwin_table1", "demo_thwin_table2"],
         ),
+        (PAPER, ["sanet_table2", "sanet_table3", "sanet_table4"]),
+        (DEMO, ["demo_sanet_table2", "demo_sanet_table3", "demo_sanet_table4"]),
     ],
-    ids=["paper", "demo"],
+    ids=["paper", "demo", "paper-003", "demo-003"],
 )
 def test_every_row_of_a_segmentation_table_predicts_masks_of_one_size(config, tables):
     """A head that reads only taps predicts masks of the method's image_size (the store's when
@@ -173,3 +175,33 @@ def test_every_row_of_a_segmentation_table_predicts_masks_of_one_size(config, ta
     for t in tables:
         sizes = {config["methods"][m].get("image_size") for m in table_methods(config, t)}
         assert len(sizes) == 1, (t, sizes)
+
+
+@pytest.mark.parametrize("config, prefix", [(PAPER, ""), (DEMO, "demo_")], ids=["paper", "demo"])
+def test_seed003_rows_train_alike_and_read_the_superpixels_they_attend_to(config, prefix):
+    """Every row of Tables 2-4: AMSGrad with the polynomial decay, no augmentation, the best
+    epoch by Avg JA; a row reads a superpixel set exactly when its head has the superpixel
+    attention module or pools by superpixels."""
+    from samcache.heads import head_class
+
+    tables = [f"{prefix}sanet_table{i}" for i in (2, 3, 4)]
+    names = {m for t in tables for m in table_methods(config, t)}
+    for n in names:
+        m = config["methods"][n]
+        t = {**config["train"], **m["train"]}
+        assert (t["optimizer"], t["poly_power"], t["select_metric"]) == (
+            "amsgrad",
+            0.9,
+            "task2_jaccard",
+        ), n
+        assert t["augment"] is False, n
+        reads = "superpixels" in head_class(m["head"]).requires
+        assert bool(m.get("superpixels")) == reads, n
+        assert not m.get("superpixels") or m["superpixels"] in config["superpixels"], n
+    paper = {m for i in (2, 3, 4) for m in table_methods(PAPER, f"sanet_table{i}")}
+    assert all(
+        PAPER["methods"][n]["train"]["batch_size"] == 5
+        and PAPER["methods"][n]["train"]["lr"] == 1e-4
+        for n in paper
+    )
+    assert PAPER["superpixels"]["slic0"]["slic_zero"] is True
