@@ -107,12 +107,17 @@ def test_the_superpixel_probe_predicts_one_value_per_superpixel():
         ("sanet", {"superpixel_mode": "product"}, "superpixel_mode"),
         ("sanet_danet", {"loss": "dice"}, "loss"),
         ("sanet_deeplab", {"jaccard_form": "weird"}, "jaccard_form"),
+        ("sam_superpixel_probe", {"shuffle": True}, "shuffle"),
+        ("sanet_unet", {"levels": ["neck"]}, "levels"),
     ],
 )
 def test_sanet_heads_refuse_settings_they_would_not_use(name, args, key):
-    b = batch(torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    b = batch(gen, taps={"neck": (6, 7, 7)} if name.startswith("sam_") else None)
+    if name in ("sanet_resunet", "sanet", "sanet_deeplab", "sanet_danet"):
+        args = {"backbone": "test_resnet", **args}
     with pytest.raises(ValueError, match=key):
-        build_head(name, n_outputs=K, input_shapes=shapes_of(b), backbone="test_resnet", **args)
+        build_head(name, n_outputs=K, input_shapes=shapes_of(b), **args)
 
 
 def test_danet_position_and_channel_attention_follow_the_equations():

@@ -65,17 +65,18 @@ SPATIAL = ("image", "target", "superpixels")
 class SanetFamily(DenseHead):
     """The SANet losses and the random shuffle module, shared by every seed 003 head."""
 
-    def _family(
+    def __init__(
         self,
         *,
-        loss: str,
-        gbl_gamma: float | None,
-        gbl_theta: float | None,
-        jaccard_form: str,
-        class_weights: Sequence[float] | None,
+        loss: str = "gbl",
+        gbl_gamma: float | None = None,
+        gbl_theta: float | None = None,
+        jaccard_form: str = "standard",
+        class_weights: Sequence[float] | None = None,
         shuffle: bool = False,
         shuffle_grid: int | None = None,
     ) -> None:
+        super().__init__()
         if loss != "gbl":
             given = (("gbl_gamma", gbl_gamma), ("gbl_theta", gbl_theta))
             unused = [k for k, v in given if v is not None]
@@ -186,24 +187,9 @@ class ResUNet(SanetFamily):
         width: float = 1.0,
         input_space: str = "imagenet",
         superpixel_mode: str | None = None,
-        shuffle: bool = False,
-        shuffle_grid: int | None = None,
-        loss: str = "gbl",
-        gbl_gamma: float | None = None,
-        gbl_theta: float | None = None,
-        jaccard_form: str = "standard",
-        class_weights: Sequence[float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self._family(
-            loss=loss,
-            gbl_gamma=gbl_gamma,
-            gbl_theta=gbl_theta,
-            jaccard_form=jaccard_form,
-            class_weights=class_weights,
-            shuffle=shuffle,
-            shuffle_grid=shuffle_grid,
-        )
+        super().__init__(**kwargs)
         if superpixel_mode is not None and not self.attention:
             raise ValueError(
                 "head_args.superpixel_mode sets the superpixel attention module, which "
@@ -273,24 +259,9 @@ class SamSANet(SanetFamily):
         bridge_channels: int = 512,
         width: float = 1.0,
         superpixel_mode: str = "concat",
-        shuffle: bool = False,
-        shuffle_grid: int | None = None,
-        loss: str = "gbl",
-        gbl_gamma: float | None = None,
-        gbl_theta: float | None = None,
-        jaccard_form: str = "standard",
-        class_weights: Sequence[float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self._family(
-            loss=loss,
-            gbl_gamma=gbl_gamma,
-            gbl_theta=gbl_theta,
-            jaccard_form=jaccard_form,
-            class_weights=class_weights,
-            shuffle=shuffle,
-            shuffle_grid=shuffle_grid,
-        )
+        super().__init__(**kwargs)
         chosen = pyramid_levels({"taps": tap_shapes}, levels, len(decoder_channels) + 1)
         if self.shuffle:
             check_token_cells(tap_shapes, chosen, self.shuffle_grid, out_size)
@@ -348,6 +319,8 @@ class SamSuperpixelProbe(SanetFamily):
     """SAM's tokens averaged per superpixel -> an MLP -> five logits per superpixel -> pixels."""
 
     requires: ClassVar[frozenset[str]] = frozenset({"taps", "superpixels"})
+    # superpixels already average whole regions: nothing to shuffle
+    unused_args = frozenset({"shuffle", "shuffle_grid"})
 
     def __init__(
         self,
@@ -357,20 +330,9 @@ class SamSuperpixelProbe(SanetFamily):
         *,
         probe_taps: Sequence[str] | None = None,
         hidden: int = 256,
-        loss: str = "gbl",
-        gbl_gamma: float | None = None,
-        gbl_theta: float | None = None,
-        jaccard_form: str = "standard",
-        class_weights: Sequence[float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self._family(
-            loss=loss,
-            gbl_gamma=gbl_gamma,
-            gbl_theta=gbl_theta,
-            jaccard_form=jaccard_form,
-            class_weights=class_weights,
-        )
+        super().__init__(**kwargs)
         self.taps = pyramid_levels({"taps": tap_shapes}, probe_taps)
         channels = [int(tap_shapes[t][0]) for t in self.taps]
         self.norms = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for c in channels)

@@ -46,28 +46,8 @@ class ImageBaseline(SanetFamily):
 
     requires: ClassVar[frozenset[str]] = frozenset({"image"})
 
-    def __init__(
-        self,
-        *,
-        input_space: str = "imagenet",
-        shuffle: bool = False,
-        shuffle_grid: int | None = None,
-        loss: str = "gbl",
-        gbl_gamma: float | None = None,
-        gbl_theta: float | None = None,
-        jaccard_form: str = "standard",
-        class_weights: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__()
-        self._family(
-            loss=loss,
-            gbl_gamma=gbl_gamma,
-            gbl_theta=gbl_theta,
-            jaccard_form=jaccard_form,
-            class_weights=class_weights,
-            shuffle=shuffle,
-            shuffle_grid=shuffle_grid,
-        )
+    def __init__(self, *, input_space: str = "imagenet", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.input_space = check_space(input_space)
 
     @classmethod
