@@ -344,39 +344,11 @@ def to_html(
 
 def plot_statistics(spec: Mapping[str, Any], summary: pd.DataFrame, path: str | Path) -> None:
     """One panel per statistic: a horizontal bar per class (and block), its value printed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from samcache.plots import plot_bars
 
     stats = [statistic_label(spec, m) for m in statistics_of(spec)]
     blocks = [block_label(b) for b in spec["blocks"]]
-    n_rows = len(summary.index)
-    fig, axes = plt.subplots(
-        1, len(stats), figsize=(4.6 * len(stats), max(2.4, 0.45 * n_rows * len(blocks) + 1.2)),
-        squeeze=False,
-    )  # fmt: skip
-    height = 0.8 / len(blocks)
-    y = np.arange(n_rows)[::-1]
-    for ax, stat in zip(axes[0], stats, strict=True):
-        for j, block in enumerate(blocks):
-            values = summary[(block, stat)].to_numpy(dtype=float)
-            offset = (len(blocks) - 1) / 2 - j
-            bars = ax.barh(y + offset * height, values, height=height, color=f"C{j % 10}",
-                           label=block if len(blocks) > 1 else None)  # fmt: skip
-            ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
-        ax.set_yticks(y, list(summary.index), fontsize=8)
-        ax.set_xlabel(stat, fontsize=8)
-        ax.set_xlim(
-            0, max(1.0, float(summary.xs(stat, axis=1, level="statistic").max().max())) * 1.18
-        )
-        ax.grid(axis="x", alpha=0.3)
-    if len(blocks) > 1:
-        axes[0][0].legend(fontsize=7)
-    fig.suptitle(title(spec, with_block=True), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_bars(summary, stats, blocks, title(spec, with_block=True), path)
 
 
 def write_statistics_table(

@@ -195,3 +195,45 @@ def plot_table(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_bars(
+    summary: pd.DataFrame,
+    stats: list[str],
+    blocks: list[str],
+    suptitle: str,
+    path: str | Path,
+) -> None:
+    """One panel per statistic (``summary``'s columns are (block, statistic)), a horizontal bar
+    per row and block with its value printed: a table of dataset statistics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows = len(summary.index)
+    fig, axes = plt.subplots(
+        1, len(stats), figsize=(4.6 * len(stats), max(2.4, 0.45 * n_rows * len(blocks) + 1.2)),
+        squeeze=False,
+    )  # fmt: skip
+    height = 0.8 / len(blocks)
+    y = np.arange(n_rows)[::-1]
+    for ax, stat in zip(axes[0], stats, strict=True):
+        for j, block in enumerate(blocks):
+            values = summary[(block, stat)].to_numpy(dtype=float)
+            offset = (len(blocks) - 1) / 2 - j
+            bars = ax.barh(y + offset * height, values, height=height, color=f"C{j % 10}",
+                           label=block if len(blocks) > 1 else None)  # fmt: skip
+            ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
+        ax.set_yticks(y, list(summary.index), fontsize=8)
+        ax.set_xlabel(stat, fontsize=8)
+        ax.set_xlim(
+            0, max(1.0, float(summary.xs(stat, axis=1, level="statistic").max().max())) * 1.18
+        )
+        ax.grid(axis="x", alpha=0.3)
+    if len(blocks) > 1:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
