@@ -281,10 +281,13 @@ def test_a_statistics_table_plans_only_its_dataset_store_and_itself(tmp_path):
 
 def test_a_run_key_on_a_statistics_table_stops_the_workflow_naming_it(tmp_path):
     bad = {**CONFIG["tables"]["demo_attribute_stats"], "fractions": [100]}
-    res = snakemake(tmp_path, "--dry-run", config=(write_config(tmp_path, demo_attribute_stats=bad),))
+    res = snakemake(
+        tmp_path, "--dry-run", config=(write_config(tmp_path, demo_attribute_stats=bad),)
+    )
     assert res.returncode != 0
     assert (
-        "'tables.demo_attribute_stats.fractions': a key of run tables only" in res.stdout + res.stderr
+        "'tables.demo_attribute_stats.fractions': a key of run tables only"
+        in res.stdout + res.stderr
     )
 
 
