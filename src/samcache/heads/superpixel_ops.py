@@ -15,11 +15,12 @@ pixel (y, x) belongs to the feature cell that covers it, row ``floor(y h / H)`` 
   partition above, not ``adaptive_avg_pool2d``'s overlapping windows.
 
 At h = H, w = W both are the plain segment mean and broadcast, computed directly (a
-``scatter_add`` over the pixels and a gather), since there the overlap matrix would be N times
-the features (5 x 1000 x 256 x 256 floats is 1.3 GB). On a coarser grid the overlap matrix
-(B, N, h w) is built with one ``bincount``, and pooling and unpooling are ``bmm`` with it, so the
-upsampled (B, C, H, W) features never exist; its memory is B N h w floats (5 x 150 x 64 x 64
-is 12 MB in float32).
+``scatter_add`` over the pixels and a gather). On a coarser grid only the nonzero entries of
+the overlap matrix are formed (one ``unique`` over the pixels' (superpixel, cell) pairs: a
+superpixel covers a few cells), and pooling and unpooling are ``index_add`` over them, so
+neither the upsampled (B, C, H, W) features nor the dense (B, N, h w) matrix exist (at 1000
+superpixels, 10 images and a 256 x 256 grid that matrix would be 2.5 GiB;
+``benchmarks/superpixel_pool.py``). ``superpixel_overlap`` gives the dense matrix, for checks.
 
 SAM (eq. 1 of the SAM section): ``P = w ∗ [Unpool(Pool(F)) ⊕ F]``. The text describes a
 concatenation of the input and the superpixel features followed by "a matrix convolution"
@@ -106,23 +107,46 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _pool(features: torch.Tensor, overlap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    B, C = features.shape[:2]
+def _pairs(labels: torch.Tensor, h: int, w: int, n: int) -> tuple[torch.Tensor, ...]:
+    """The nonzero entries of the overlap matrix: for each (superpixel, cell) pair that shares
+    pixels, its row in the (B n) superpixels, its row in the (B h w) cells and the pixel count.
+    A superpixel covers a few cells, so these are far fewer than the matrix's B n h w entries."""
+    B, H, W = labels.shape
+    dev = labels.device
+    cell = (torch.arange(H, device=dev) * h // H)[:, None] * w + (
+        torch.arange(W, device=dev) * w // W
+    )[None, :]
+    batch = torch.arange(B, device=dev)[:, None, None]
+    flat = ((labels + batch * n) * (h * w) + cell).reshape(-1)
+    pairs, counts = torch.unique(flat, return_counts=True)
+    segment = pairs // (h * w)
+    return segment, segment // n * (h * w) + pairs % (h * w), counts
+
+
+def _pool(
+    features: torch.Tensor, pairs: tuple[torch.Tensor, ...], n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, C, h, w = features.shape
+    segment, cell, counts = pairs
     dt = _work_dtype(features.dtype)
-    o = overlap.to(dt)
-    sizes = o.sum(-1)  # (B, N)
-    sums = torch.bmm(o, features.reshape(B, C, -1).to(dt).transpose(1, 2))  # (B, N, C)
-    regions = sums / sizes.clamp_min(1)[..., None]  # absent ids: 0 / 1 = 0
-    return regions.to(features.dtype), sizes.to(features.dtype)
+    weight = counts.to(dt)
+    rows = features.to(dt).reshape(B, C, h * w).transpose(1, 2).reshape(B * h * w, C)
+    sums = rows.new_zeros(B * n, C).index_add_(0, segment, rows[cell] * weight[:, None])
+    sizes = weight.new_zeros(B * n).index_add_(0, segment, weight)
+    regions = sums / sizes.clamp_min(1)[:, None]  # absent ids: 0 / 1 = 0
+    return regions.view(B, n, C).to(features.dtype), sizes.view(B, n).to(features.dtype)
 
 
-def _unpool(regions: torch.Tensor, overlap: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    B, _, C = regions.shape
+def _unpool(regions: torch.Tensor, pairs: tuple[torch.Tensor, ...], h: int, w: int) -> torch.Tensor:
+    B, n, C = regions.shape
+    segment, cell, counts = pairs
     dt = _work_dtype(regions.dtype)
-    o = overlap.to(dt)
-    cell_pixels = o.sum(1)  # (B, h*w), never 0 since every cell covers a pixel
-    out = torch.bmm(o.transpose(1, 2), regions.to(dt)) / cell_pixels[..., None]  # (B, hw, C)
-    return out.transpose(1, 2).reshape(B, C, h, w).to(regions.dtype)
+    weight = counts.to(dt)
+    rows = regions.to(dt).reshape(B * n, C)
+    out = rows.new_zeros(B * h * w, C).index_add_(0, cell, rows[segment] * weight[:, None])
+    pixels = weight.new_zeros(B * h * w).index_add_(0, cell, weight)  # never 0: cells cover pixels
+    out = out / pixels[:, None]
+    return out.view(B, h * w, C).transpose(1, 2).reshape(B, C, h, w).to(regions.dtype)
 
 
 def _pool_pixels(
@@ -171,7 +195,7 @@ def superpixel_pool(
     h, w = _check_grid(labels, features.shape[-2:])
     if _full(labels, h, w):
         return _pool_pixels(features, labels, n)
-    return _pool(features, _overlap(labels, h, w, n))
+    return _pool(features, _pairs(labels, h, w, n), n)
 
 
 def superpixel_unpool(
@@ -185,7 +209,7 @@ def superpixel_unpool(
     h, w = _check_grid(labels, grid)
     if _full(labels, h, w):
         return _unpool_pixels(regions, labels)
-    return _unpool(regions, _overlap(labels, h, w, n), h, w)
+    return _unpool(regions, _pairs(labels, h, w, n), h, w)
 
 
 def superpixel_smooth(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -197,9 +221,8 @@ def superpixel_smooth(features: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     h, w = _check_grid(labels, features.shape[-2:])
     if _full(labels, h, w):
         return _unpool_pixels(_pool_pixels(features, labels, n)[0], labels)
-    overlap = _overlap(labels, h, w, n)  # built once for both directions
-    regions, _ = _pool(features, overlap)
-    return _unpool(regions, overlap, h, w)
+    pairs = _pairs(labels, h, w, n)  # found once for both directions
+    return _unpool(_pool(features, pairs, n)[0], pairs, h, w)
 
 
 class SuperpixelAttention(nn.Module):
