@@ -61,7 +61,7 @@ def test_sanet_with_the_shuffle_module_is_deterministic_on_cpu(tmp_path, small_s
     test = a["metrics"]["test"]
     classes = small_store.task("attributes").classes
     assert {f"task2_jaccard_{c}" for c in classes} <= set(test)
-    assert a["superpixels_path"] == str(slic)
+    assert a["superpixels_path"] == str(slic) and a["superpixels_key"] == "k"
     assert a["head_info"]["shuffle"] and a["head_info"]["superpixel_mode"] == "concat"
     assert a["train_settings"]["optimizer"] == "amsgrad"
     assert len(a["history"]) == 2
@@ -86,3 +86,43 @@ def test_the_cli_trains_a_sanet_run_alone_on_its_superpixels(tmp_path, small_sto
     assert main(argv) == 0
     rec = json.loads(record.read_text())
     assert rec["superpixels_path"] == str(slic) and "task2_jaccard" in rec["metrics"]["test"]
+
+
+def test_a_record_of_other_superpixels_is_trained_again(tmp_path, small_store, slic):
+    """A batch keeps a current record and retrains one whose SLIC cache was another (the
+    superpixel set's parameters changed, hence its key), as it does for feature caches."""
+    from samcache import __version__
+    from samcache.batch import run_batch
+    from samcache.features.specs import SlicParams
+    from samcache.features.superpixels import compute_superpixels
+    from samcache.sweep import place_staged, staged_path
+
+    spec = {**SANET, "train": {**SANET["train"], "epochs": 1}}
+    record = str(tmp_path / "attributes" / "sanet" / "f100_s0.json")
+
+    def plan(superpixels) -> dict:
+        method = {"spec": spec, "features": None, "expect_key": None, "sam_prior": None}
+        return {
+            "batch": "small/000000000000",
+            "dataset": str(small_store.path),
+            "methods": {"sanet": {**method, "superpixels": str(superpixels)}},
+            "runs": [["attributes", "sanet", 100.0, 0, record]],
+        }
+
+    def statuses(report) -> list[str]:
+        return [r["status"] for r in json.loads(report.read_text())["runs"]]
+
+    report = tmp_path / "report.json"
+    assert run_batch(plan(slic), report=report) == [] and statuses(report) == ["trained"]
+    expect = {"task": "attributes", "method": "sanet", "samcache_version": __version__}
+    assert place_staged(record, {**expect, "superpixels_key": "k"}, spec)
+    assert run_batch(plan(slic), report=report) == [] and statuses(report) == ["current"]
+    other = compute_superpixels(
+        small_store.path,
+        tmp_path / "other.zarr",
+        SlicParams(n_segments=9),
+        key="k2",
+        progress=False,
+    )
+    assert run_batch(plan(other), report=report) == [] and statuses(report) == ["trained"]
+    assert json.loads(staged_path(record).read_text())["superpixels_key"] == "k2"

@@ -61,7 +61,15 @@ def run_log(path: Path) -> Iterator[None]:
 
 
 def expected_fields(
-    *, fingerprint: str, task: str, method: str, fraction: float, seed: int, cache_key, prior_key
+    *,
+    fingerprint: str,
+    task: str,
+    method: str,
+    fraction: float,
+    seed: int,
+    cache_key,
+    prior_key,
+    superpixels_key=None,
 ) -> dict[str, Any]:
     """The record fields that tie a record to its run as configured."""
     return {
@@ -73,6 +81,7 @@ def expected_fields(
         "samcache_version": __version__,
         "cache_key": cache_key,
         "sam_prior_key": prior_key,
+        "superpixels_key": superpixels_key,
     }
 
 
@@ -96,6 +105,7 @@ def run_batch(
     from samcache.data.store import DatasetStore
     from samcache.device import resolve_device
     from samcache.features.sam_prior import stored_key
+    from samcache.features.superpixels import stored_key as superpixel_key
     from samcache.resident import ResidentCache
     from samcache.train import train_run
 
@@ -117,6 +127,7 @@ def run_batch(
         f" and {gpu_memory_gb:.1f} GiB on the GPU" if cache.device_budget else "",
     )
     prior_keys: dict[str, str] = {}
+    slic_keys: dict[str, str] = {}
     done: list[dict[str, Any]] = []
     failed: list[str] = []
     for k, (task, name, fraction, seed, record) in enumerate(runs, 1):
@@ -124,6 +135,9 @@ def run_batch(
         prior = m.get("sam_prior")
         if prior and prior not in prior_keys:
             prior_keys[prior] = stored_key(prior)
+        slic = m.get("superpixels")
+        if slic and slic not in slic_keys:
+            slic_keys[slic] = superpixel_key(slic)
         expect = expected_fields(
             fingerprint=ds.fingerprint,
             task=task,
@@ -132,6 +146,7 @@ def run_batch(
             seed=seed,
             cache_key=m.get("expect_key") if m.get("features") else None,
             prior_key=prior_keys.get(prior) if prior else None,
+            superpixels_key=slic_keys.get(slic) if slic else None,
         )
         what = f"[{k}/{len(runs)}] {name} {task} f{float(fraction):g} s{seed}"
         staged = staged_path(record)

@@ -44,8 +44,8 @@ RUN_TABLE_KEYS = ("fractions", "seeds", "comparisons", "layout")
 # fmt: off
 RUN_COLUMNS = [
     "block", "block_label", "method", "row_label", "fraction", "seed", "init",
-    "checkpoint_sha256", "best_epoch", "n_train", "cache_key", "sam_prior_key", "code_version",
-    "record", "predictions", "prediction_store",
+    "checkpoint_sha256", "best_epoch", "n_train", "cache_key", "sam_prior_key",
+    "superpixels_key", "code_version", "record", "predictions", "prediction_store",
 ]
 # fmt: on
 #: Images whose masks are read at once (rounded up to whole shards).

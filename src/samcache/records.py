@@ -66,6 +66,7 @@ RECORD_SCHEMA: dict[str, Any] = {
         },
         "cache_key": {"type": ["string", "null"]},
         "sam_prior_key": {"type": ["string", "null"]},
+        "superpixels_key": {"type": ["string", "null"]},
         "code_version": _NAME,
         "predictions": {"type": "object", "required": ["items"]},
     },

@@ -222,6 +222,7 @@ def runs_frame(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) ->
                             "n_train": rec.get("n_train"),
                             "cache_key": rec.get("cache_key"),
                             "sam_prior_key": rec.get("sam_prior_key"),
+                            "superpixels_key": rec.get("superpixels_key"),
                             "code_version": rec.get("code_version"),
                             "record": rec.get("_path", ""),
                             **prediction_columns(rec),

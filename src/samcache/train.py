@@ -340,6 +340,11 @@ def train_run(
             masks, store_attrs = {}, {}
         val = evaluate(head, inputs, splits["val"], info, device, bs, view)
 
+    slic_key = None
+    if superpixels is not None:  # scikit-image is imported only by runs that read superpixels
+        from samcache.features.superpixels import stored_key as superpixel_key
+
+        slic_key = superpixel_key(superpixels)
     record = {
         "schema": RECORD_SCHEMA,
         "dataset": ds.name,
@@ -365,6 +370,7 @@ def train_run(
         "cache_key": fs.key if fs is not None else None,
         "features_path": str(fs.path) if fs is not None else None,
         "superpixels_path": str(superpixels) if superpixels is not None else None,
+        "superpixels_key": slic_key,
         "sam_prior_path": str(sam_prior) if sam_prior is not None else None,
         "sam_prior_key": stored_key(sam_prior) if sam_prior is not None else None,
         "code_version": code_version(),

@@ -149,6 +149,11 @@ def compute_superpixels(
     return out
 
 
+def stored_key(path: str | Path) -> str:
+    """The cache key a superpixel store was built with (run records keep it)."""
+    return str(open_group(path, "r").attrs["cache_key"])
+
+
 def open_superpixels(path: str | Path, *, expect_key: str | None = None) -> zarr.Array:
     """The ``labels`` array of a complete, sound cache (checked against ``expect_key``)."""
     g = open_group(path, "r")
