@@ -23,7 +23,7 @@ needs_chromium = pytest.mark.skipif(
 #: baseline (attention gallery) and SAMAug-C against its backbone over two fractions (prior
 #: gallery), each table with its comparisons.
 CONFIG = {
-    "targets": ["small_attention", "small_samaug"],
+    "targets": ["small_attention", "small_samaug", "small_attributes"],
     "datasets": {"demo": {"source": "synthetic", "n_images": 80, "image_size": 64, "seed": 0}},
     "sam_priors": {
         "sam_tiny_amg": {
@@ -95,7 +95,14 @@ CONFIG = {
         },
     },
 }
+CONFIG["tables"]["small_attributes"] = {  # of the store's ground truth: no run, no gallery
+    "kind": "dataset_statistics",
+    "title": "Attributes of the training images",
+    "blocks": [{"dataset": "demo", "task": "attributes", "label": "Attributes"}],
+    "rows": ["pigment_network", "negative_network", "streaks", "milia_like_cyst", "globules"],
+}
 TABLES = ["small_attention", "small_samaug"]
+STATISTICS = "small_attributes"
 GALLERIES = {
     "small_attention": "attention_demo_melanoma.jpg",
     "small_samaug": "sam_prior_demo_melanoma.jpg",
@@ -121,11 +128,12 @@ def test_every_table_plot_and_gallery_is_in_the_report(report):
         "var results = "
     )
     results = json.JSONDecoder().raw_decode(html[start:])[0]
-    expected = {f"results/tables/{t}.html" for t in TABLES}
-    expected |= {f"results/tables/{t}.png" for t in TABLES}
+    expected = {f"results/tables/{t}.html" for t in [*TABLES, STATISTICS]}
+    expected |= {f"results/tables/{t}.png" for t in [*TABLES, STATISTICS]}
     expected |= {f"results/galleries/{t}/{g}" for t, g in GALLERIES.items()}
     assert set(results) == expected
     assert all(r["data_uri"].startswith("data:") for r in results.values())  # self-contained
+    assert "counted from the dataset" in results[f"results/tables/{STATISTICS}.html"]["caption"]
     for t in TABLES:
         assert (
             "paired test on the shared test images"
@@ -165,7 +173,7 @@ def test_the_report_renders_in_chromium_with_nothing_missing(report, tmp_path):
         for category in ("Tables", "Plots", "Galleries"):
             assert category in menu
         entries = browser.evaluate("Object.entries(results).map(([k, v]) => [k, v.mime_type])")
-        assert len(entries) == 2 * len(TABLES) + len(GALLERIES)
+        assert len(entries) == 2 * (len(TABLES) + 1) + len(GALLERIES)
         for key, mime in entries:
             if mime.startswith("image/"):  # every image decodes
                 size = browser.evaluate(
@@ -192,8 +200,11 @@ def test_the_report_renders_in_chromium_with_nothing_missing(report, tmp_path):
                 if page[0] == "complete" and page[2]:
                     break
                 time.sleep(0.05)
-            title = CONFIG["tables"][key.split("/")[-1][: -len(".html")]]["title"]
-            assert page[1] == title
+            name = key.split("/")[-1][: -len(".html")]
+            assert page[1] == CONFIG["tables"][name]["title"]
+            if name == STATISTICS:  # the counts and the stores they came from
+                assert len(page[2]) == 2 and page[2][0].startswith(page[1])
+                continue
             assert page[2][1:] == ["Paired comparisons with the baseline rows", page[2][2]]
             assert page[2][2].endswith("runs")  # the provenance table
         browser.evaluate("new Promise(done => setTimeout(() => done(true), 300))")
