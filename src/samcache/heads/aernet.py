@@ -152,11 +152,6 @@ class AerUNet(AerFamily):
         )
         self.info |= {"encoder": "scratch", "input_space": input_space}
 
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), **kwargs)
-
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         levels = self.encoder(image_input(batch["image"], self.input_space))
         skips = levels[self.first_skip :]
@@ -292,11 +287,6 @@ class SamAerNet(AerFamily):
             pool_bridge=False,
         )
         self.info |= {"encoder": "sam pyramid", "levels": chosen}
-
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), input_shapes.get("taps") or {}, **kwargs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         levels = self.pyramid(batch["taps"])

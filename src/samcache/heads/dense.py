@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from samcache.heads.base import Head
+from samcache.heads.base import Head, check_head_args
 from samcache.heads.dense_blocks import Stage, fit_grid
 from samcache.inputs import IMAGENET_MEAN, IMAGENET_STD
 
@@ -80,9 +80,19 @@ def scaled(channels: Sequence[int] | int, width: float) -> Any:
 
 
 class DenseHead(Head):
-    """A head that predicts masks: logits (B, K, H, W) and a segmentation loss of ``target``."""
+    """A head that predicts masks: logits (B, K, H, W) and a segmentation loss of ``target``.
+
+    Its constructor takes the number of outputs, the logits' grid and, for a head that reads
+    SAM taps, the taps' shapes, then its ``head_args``; ``from_shapes`` passes them.
+    """
 
     dense: ClassVar[bool] = True
+
+    @classmethod
+    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
+        check_head_args(cls, kwargs)
+        shapes = (input_shapes.get("taps") or {},) if "taps" in cls.requires else ()
+        return cls(n_outputs, output_size(input_shapes), *shapes, **kwargs)
 
     def segmentation_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -36,14 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samcache.heads.base import check_head_args, register_head
+from samcache.heads.base import register_head
 from samcache.heads.dense import (
     DenseHead,
     SamPyramid,
     TimmEncoder,
     check_space,
     image_input,
-    output_size,
     pyramid_levels,
     scaled,
 )
@@ -217,11 +216,6 @@ class ResUNet(SanetFamily):
         if self.attention:
             self.info["superpixel_mode"] = superpixel_mode or "concat"
 
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), **kwargs)
-
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         batch = self.mixed(batch)
         skips = self.encoder(image_input(batch["image"], self.input_space))
@@ -283,11 +277,6 @@ class SamSANet(SanetFamily):
         self.levels, self.out_size = chosen, out_size
         self.info = {"levels": chosen, "superpixel_mode": superpixel_mode, **self.family_info}
 
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), input_shapes.get("taps") or {}, **kwargs)
-
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         batch = self.mixed(batch)
         levels = self.pyramid(batch["taps"])
@@ -341,11 +330,6 @@ class SamSuperpixelProbe(SanetFamily):
         )
         self.out_size = out_size
         self.info = {"taps": self.taps, "hidden": hidden, **self.family_info}
-
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), input_shapes.get("taps") or {}, **kwargs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         labels = batch["superpixels"]

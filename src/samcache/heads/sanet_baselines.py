@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samcache.heads.base import check_head_args, register_head
-from samcache.heads.dense import ScratchEncoder, check_space, image_input, output_size, scaled
+from samcache.heads.base import register_head
+from samcache.heads.dense import ScratchEncoder, check_space, image_input, scaled
 from samcache.heads.dense_blocks import Decoder, Stage
 from samcache.heads.sanet import SanetFamily, fit_output
 from samcache.heads.thwin import RATES, UNET, UNET_BRIDGE, ResNetTrunk
@@ -49,11 +49,6 @@ class ImageBaseline(SanetFamily):
     def __init__(self, *, input_space: str = "imagenet", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.input_space = check_space(input_space)
-
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), **kwargs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         batch = self.mixed(batch)

@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samcache.heads.base import check_head_args, register_head
+from samcache.heads.base import register_head
 from samcache.heads.dense import (
     DenseHead,
     SamPyramid,
     ScratchEncoder,
     check_space,
     image_input,
-    output_size,
     pyramid_levels,
     scaled,
 )
@@ -108,11 +107,6 @@ class ThwinUNet(ThwinFamily):
         )
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.info = {"spatial_attention": spatial_attention, "input_space": input_space}
-
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), **kwargs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         skips = self.encoder(image_input(batch["image"], self.input_space))
@@ -229,11 +223,6 @@ class ThwinDeepLabV3(ThwinFamily):
             **self.backbone.init_info,
         }
 
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), **kwargs)
-
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         feats = self.backbone(image_input(batch["image"], self.input_space))
         return {"logits": self.head(feats, self.out_size)}
@@ -281,11 +270,6 @@ class SamThwinUNet(ThwinFamily):
         )
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.info = {"spatial_attention": spatial_attention, "levels": chosen}
-
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), input_shapes.get("taps") or {}, **kwargs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         levels = self.pyramid(batch["taps"])
@@ -335,11 +319,6 @@ class SamThwinAspp(ThwinFamily):
         self.out_size = out_size
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.info = {"tap": self.tap, "spatial_attention": spatial_attention}
-
-    @classmethod
-    def from_shapes(cls, *, n_outputs: int, input_shapes: Mapping[str, Any], **kwargs: Any):
-        check_head_args(cls, kwargs)
-        return cls(n_outputs, output_size(input_shapes), input_shapes.get("taps") or {}, **kwargs)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         return {"logits": self.head(self.norm(batch["taps"][self.tap]), self.out_size)}
