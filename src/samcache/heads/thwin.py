@@ -60,8 +60,9 @@ def sa_settings(spatial_attention: bool, sa_kernel: int | None, where: str) -> i
 class ThwinFamily(DenseHead):
     """The hybrid loss of Thwin & Park (focal + 1 − SSIM + 1 − soft Jaccard)."""
 
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    def __init__(self, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+        super().__init__()
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
 
     def segmentation_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return hybrid_loss(
@@ -84,10 +85,9 @@ class ThwinUNet(ThwinFamily):
         encoder_channels: Sequence[int] = UNET,
         bridge_channels: int = UNET_BRIDGE,
         input_space: str = "rgb",
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         k = sa_settings(spatial_attention, sa_kernel, "thwin_unet")
         self.input_space = check_space(input_space)
         widths = scaled(list(encoder_channels), width)
@@ -105,7 +105,6 @@ class ThwinUNet(ThwinFamily):
             n_free=0,
             **sa,
         )
-        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.info = {"spatial_attention": spatial_attention, "input_space": input_space}
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -194,10 +193,9 @@ class ThwinDeepLabV3(ThwinFamily):
         spatial_attention: bool = False,
         sa_kernel: int | None = None,
         input_space: str = "rgb",
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         k = sa_settings(spatial_attention, sa_kernel, "thwin_deeplabv3")
         self.input_space = check_space(input_space)
         self.backbone = ResNetTrunk(
@@ -215,7 +213,6 @@ class ThwinDeepLabV3(ThwinFamily):
             sa_kernel=k,
         )
         self.out_size = out_size
-        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.info = {
             "backbone": backbone,
             "spatial_attention": spatial_attention,
@@ -247,10 +244,9 @@ class SamThwinUNet(ThwinFamily):
         width: float = 1.0,
         bridge_channels: int = 512,
         decoder_channels: Sequence[int] = (256, 128, 64, 32),
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         k = sa_settings(spatial_attention, sa_kernel, "sam_thwin_unet")
         chosen = pyramid_levels({"taps": tap_shapes}, levels, len(decoder_channels) + 1)
         widths = scaled(list(decoder_channels), width)
@@ -268,7 +264,6 @@ class SamThwinUNet(ThwinFamily):
             n_free=free_steps(int(tap_shapes[chosen[0]][-1]), out_size[0]),
             **sa,
         )
-        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.info = {"spatial_attention": spatial_attention, "levels": chosen}
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -294,10 +289,9 @@ class SamThwinAspp(ThwinFamily):
         aspp_channels: int = 256,
         spatial_attention: bool = False,
         sa_kernel: int | None = None,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         k = sa_settings(spatial_attention, sa_kernel, "sam_thwin_aspp")
         taps = list(tap_shapes)
         self.tap = tap or (taps[-1] if taps else None)
@@ -317,7 +311,6 @@ class SamThwinAspp(ThwinFamily):
             sa_kernel=k,
         )
         self.out_size = out_size
-        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.info = {"tap": self.tap, "spatial_attention": spatial_attention}
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
