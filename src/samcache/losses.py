@@ -198,10 +198,7 @@ def global_balancing_ce(
     class_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """SANet's GBCEL, eqs. (7)-(8): focal loss, smoothly truncated below ``p_t = theta``."""
-    if not 0 <= theta < 1:
-        raise ValueError(f"head_args.gbl_theta must be in [0, 1); got {theta}")
-    if not gamma >= 0:
-        raise ValueError(f"head_args.gbl_gamma must be >= 0; got {gamma}")
+    _check_gbl(gamma, theta)
     _check_dense_pair(logits, target, "global_balancing_ce")
     z = _work(logits)
     z_t = z * (2 * target.to(z.dtype) - 1)  # logit of p_t
@@ -228,12 +225,31 @@ def _jaccard(inter: torch.Tensor, pp: torch.Tensor, qq: torch.Tensor, form: str)
     return 1 - (inter + JACCARD_EPS) / (union + JACCARD_EPS)
 
 
+def _check_gbl(gamma: float, theta: float) -> None:
+    if not 0 <= theta < 1:
+        raise ValueError(f"head_args.gbl_theta must be in [0, 1); got {theta}")
+    if not gamma >= 0:
+        raise ValueError(f"head_args.gbl_gamma must be >= 0; got {gamma}")
+
+
+def _check_form(form: str) -> None:
+    if form not in JACCARD_FORMS:
+        raise ValueError(f"head_args.jaccard_form must be one of {JACCARD_FORMS}; got {form!r}")
+
+
+def check_sanet_loss(*, loss: str, gamma: float, theta: float, form: str) -> None:
+    """Refuse settings ``sanet_loss`` would refuse, before any batch (a head's constructor)."""
+    if loss not in SANET_LOSSES:
+        raise ValueError(f"head_args.loss must be one of {SANET_LOSSES}; got {loss!r}")
+    _check_gbl(gamma, theta)
+    _check_form(form)
+
+
 def _jaccard_sums(
     logits: torch.Tensor, target: torch.Tensor, form: str, what: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per channel Σ p q, Σ p², Σ q² over images and pixels."""
-    if form not in JACCARD_FORMS:
-        raise ValueError(f"head_args.jaccard_form must be one of {JACCARD_FORMS}; got {form!r}")
+    _check_form(form)
     _check_dense_pair(logits, target, what)
     p = torch.sigmoid(_work(logits))
     q = target.to(p.dtype)
