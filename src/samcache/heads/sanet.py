@@ -54,7 +54,7 @@ from samcache.heads.superpixel_ops import (
     superpixel_pool,
     superpixel_unpool,
 )
-from samcache.losses import sanet_loss
+from samcache.losses import check_sanet_loss, sanet_loss
 
 DECODER = (256, 128, 64, 32)
 SHUFFLE_GRID = 7  # the paper's 7 x 7 regions
@@ -96,9 +96,7 @@ class SanetFamily(DenseHead):
             "form": jaccard_form,
             "class_weights": None if class_weights is None else list(class_weights),
         }
-        # refuse unknown loss names and forms now, not at the first batch
-        probe = torch.zeros(1, 1, 1, 1)
-        sanet_loss(probe, probe, **{**self.loss_args, "class_weights": None})
+        check_sanet_loss(**{k: v for k, v in self.loss_args.items() if k != "class_weights"})
         self.shuffle = bool(shuffle)
         self.shuffle_grid = int(shuffle_grid or SHUFFLE_GRID)
         self.family_info = {"loss": loss, "jaccard_form": jaccard_form, "shuffle": self.shuffle}
@@ -334,12 +332,12 @@ class SamSuperpixelProbe(SanetFamily):
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         labels = batch["superpixels"]
         n = int(labels.max()) + 1
+        by_grid: dict[tuple[int, ...], list[torch.Tensor]] = {}  # pooled once per grid
+        for t, norm in zip(self.taps, self.norms, strict=True):
+            x = norm(batch["taps"][t])
+            by_grid.setdefault(tuple(x.shape[-2:]), []).append(x)
         regions = torch.cat(
-            [
-                superpixel_pool(norm(batch["taps"][t]), labels, n)[0]
-                for t, norm in zip(self.taps, self.norms, strict=True)
-            ],
-            dim=-1,
+            [superpixel_pool(torch.cat(xs, 1), labels, n)[0] for xs in by_grid.values()], dim=-1
         )
         logits = superpixel_unpool(self.mlp(regions), labels, tuple(labels.shape[-2:]))
         return self.outputs(fit_output(logits, self.out_size), batch)
