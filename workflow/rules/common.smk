@@ -333,10 +333,9 @@ def cache_args(inp):
             "--expect-key",
             store.name.rsplit("-", 1)[1],
         ]
-    if "sam_prior" in inp.keys():
-        args += ["--sam-prior", Path(inp.sam_prior).parent / "sam_prior.zarr"]
-    if "superpixels" in inp.keys():
-        args += ["--superpixels", Path(inp.superpixels).parent / "superpixels.zarr"]
+    for name in ("sam_prior", "superpixels"):  # <cache dir>/<name>.zarr, as method_stores
+        if name in inp.keys():
+            args += [f"--{name.replace('_', '-')}", Path(getattr(inp, name)).parent / f"{name}.zarr"]
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
@@ -731,9 +730,7 @@ def get_cache_outputs():
     out = []
     for t in target_tables():
         spec = table_cfg(t)
-        if is_statistics_table(spec):  # counted from the dataset store alone
-            continue
-        for b in spec["blocks"]:
+        for b in spec["blocks"]:  # a statistics table has no methods, hence no caches
             for m in table_row_methods(spec):
                 out += cache_manifests(b["dataset"], m).values()
     return sorted(set(out))
