@@ -333,9 +333,15 @@ def cache_args(inp):
             "--expect-key",
             store.name.rsplit("-", 1)[1],
         ]
-    for name in ("sam_prior", "superpixels"):  # <cache dir>/<name>.zarr, as method_stores
+    for name in (
+        "sam_prior",
+        "superpixels",
+    ):  # <cache dir>/<name>.zarr, as method_stores
         if name in inp.keys():
-            args += [f"--{name.replace('_', '-')}", Path(getattr(inp, name)).parent / f"{name}.zarr"]
+            args += [
+                f"--{name.replace('_', '-')}",
+                Path(getattr(inp, name)).parent / f"{name}.zarr",
+            ]
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
