@@ -333,10 +333,8 @@ def cache_args(inp):
             "--expect-key",
             store.name.rsplit("-", 1)[1],
         ]
-    for name in (
-        "sam_prior",
-        "superpixels",
-    ):  # <cache dir>/<name>.zarr, as method_stores
+    # <cache dir>/<name>.zarr, as method_stores names them
+    for name in ("sam_prior", "superpixels"):
         if name in inp.keys():
             args += [
                 f"--{name.replace('_', '-')}",
