@@ -52,10 +52,36 @@ SCRATCH = (32, 32, 32, 64, 128, 256)  # strides 1..32; the last four are the ski
 
 
 class AerFamily(DenseHead):
-    """The AER-Net decoder over skips (fine to coarse) from some encoder; eq. (1) as loss."""
+    """The AER-Net decoder over skips (fine to coarse) from some encoder; eq. (1) as loss.
 
-    def __init__(self) -> None:
+    The decoder's settings are the family's; each head passes them on and builds the decoder
+    over its encoder's skips with ``build_decoder``.
+    """
+
+    def __init__(
+        self,
+        *,
+        attention: bool = True,
+        residual: bool = True,
+        psi: str | None = None,
+        width: float = 1.0,
+        bridge_channels: int = BRIDGE,
+        decoder_channels: Sequence[int] = DECODER,
+    ) -> None:
         super().__init__()
+        if psi is not None and not attention:
+            raise ValueError(
+                f"head_args.psi is the attention gate's activation; {type(self).__name__} has "
+                "attention: false, so it would change nothing. Remove it"
+            )
+        self.attention, self.residual, self.psi = attention, residual, psi or "sigmoid"
+        self.width, self.bridge_channels = width, bridge_channels
+        self.decoder_channels = list(decoder_channels)
+        self.info = {
+            "attention": attention,
+            "residual": residual,
+            **({"psi": self.psi} if attention else {}),
+        }
 
     def build_decoder(
         self,
@@ -65,41 +91,24 @@ class AerFamily(DenseHead):
         out_size: tuple[int, int],
         *,
         bridge_in: int,
-        attention: bool,
-        residual: bool,
-        psi: str | None,
-        width: float,
-        bridge_channels: int,
-        decoder_channels: Sequence[int],
         pool_bridge: bool = True,
     ) -> None:
-        if psi is not None and not attention:
-            raise ValueError(
-                f"head_args.psi is the attention gate's activation; {type(self).__name__} has "
-                "attention: false, so it would change nothing. Remove it"
-            )
-        bridge = scaled(bridge_channels, width)
-        widths = scaled(list(decoder_channels), width)
+        bridge = scaled(self.bridge_channels, self.width)
         self.bridge = nn.Sequential(
             nn.MaxPool2d(2, ceil_mode=True) if pool_bridge else nn.Identity(),
-            Stage(bridge_in, bridge, residual=residual),
+            Stage(bridge_in, bridge, residual=self.residual),
         )
         self.decoder = Decoder(
             bridge,
             list(reversed(skip_channels)),
-            widths,
+            scaled(self.decoder_channels, self.width),
             n_outputs,
             out_size,
             n_free=free_steps(skip_grid, out_size[0]),
-            gates=attention,
-            psi=psi or "sigmoid",
-            residual=residual,
+            gates=self.attention,
+            psi=self.psi,
+            residual=self.residual,
         )
-        self.info = {
-            "attention": attention,
-            "residual": residual,
-            **({"psi": psi or "sigmoid"} if attention else {}),
-        }
 
     def decode(self, skips: Sequence[torch.Tensor], bridge_source: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.bridge(bridge_source), list(reversed(skips)))
@@ -117,19 +126,14 @@ class AerUNet(AerFamily):
         n_outputs: int,
         out_size: tuple[int, int],
         *,
-        attention: bool = True,
-        residual: bool = True,
-        psi: str | None = None,
-        width: float = 1.0,
-        bridge_channels: int = BRIDGE,
-        decoder_channels: Sequence[int] = DECODER,
         encoder_channels: Sequence[int] = SCRATCH,
         input_space: str = "lab",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         self.input_space = check_space(input_space)
-        self.encoder = ScratchEncoder(scaled(list(encoder_channels), width))
-        n_skips = len(decoder_channels)
+        self.encoder = ScratchEncoder(scaled(list(encoder_channels), self.width))
+        n_skips = len(self.decoder_channels)
         self.first_skip = len(encoder_channels) - n_skips
         if self.first_skip < 0:
             raise ValueError(
@@ -143,12 +147,6 @@ class AerUNet(AerFamily):
             n_outputs,
             out_size,
             bridge_in=chans[-1],
-            attention=attention,
-            residual=residual,
-            psi=psi,
-            width=width,
-            bridge_channels=bridge_channels,
-            decoder_channels=decoder_channels,
         )
         self.info |= {"encoder": "scratch", "input_space": input_space}
 
@@ -173,22 +171,17 @@ class AerNet(AerFamily):
         backbone: str = "tf_efficientnet_b1",
         checkpoint: str | None = None,
         backbone_args: Mapping[str, Any] | None = None,
-        attention: bool = True,
-        residual: bool = True,
-        psi: str | None = None,
-        width: float = 1.0,
-        bridge_channels: int = BRIDGE,
-        decoder_channels: Sequence[int] = DECODER,
         input_space: str = "lab",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         self.input_space = check_space(input_space)
         self.encoder = TimmEncoder(backbone, checkpoint=checkpoint, backbone_args=backbone_args)
         chans = list(self.encoder.channels)
         self.sam = None
         if sam_taps is not None:  # aernet_sam: the SAM pyramid fused into the skips
             levels, tap_channels = sam_taps
-            proj = scaled(list(reversed(decoder_channels)), width)
+            proj = scaled(list(reversed(self.decoder_channels)), self.width)
             self.sam = SamPyramid(tap_channels, list(levels), proj)
             chans = [c + p for c, p in zip(chans, proj, strict=True)]
         self.build_decoder(
@@ -197,12 +190,6 @@ class AerNet(AerFamily):
             n_outputs,
             out_size,
             bridge_in=self.encoder.channels[-1],
-            attention=attention,
-            residual=residual,
-            psi=psi,
-            width=width,
-            bridge_channels=bridge_channels,
-            decoder_channels=decoder_channels,
         )
         self.info |= {"encoder": backbone, "input_space": input_space, **self.encoder.init_info}
         if self.sam is not None:
@@ -261,16 +248,12 @@ class SamAerNet(AerFamily):
         tap_shapes: Mapping[str, Sequence[int]],
         *,
         levels: Sequence[str] | None = None,
-        attention: bool = True,
-        residual: bool = True,
-        psi: str | None = None,
-        width: float = 1.0,
-        bridge_channels: int = BRIDGE,
-        decoder_channels: Sequence[int] = DECODER,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        chosen = pyramid_levels({"taps": tap_shapes}, levels, len(decoder_channels) + 1)
-        proj = scaled([*reversed(decoder_channels), decoder_channels[0]], width)
+        super().__init__(**kwargs)
+        widths = self.decoder_channels
+        chosen = pyramid_levels({"taps": tap_shapes}, levels, len(widths) + 1)
+        proj = scaled([*reversed(widths), widths[0]], self.width)
         self.pyramid = SamPyramid({t: int(tap_shapes[t][0]) for t in chosen}, chosen, proj)
         self.build_decoder(
             proj[:-1],
@@ -278,12 +261,6 @@ class SamAerNet(AerFamily):
             n_outputs,
             out_size,
             bridge_in=proj[-1],
-            attention=attention,
-            residual=residual,
-            psi=psi,
-            width=width,
-            bridge_channels=bridge_channels,
-            decoder_channels=decoder_channels,
             pool_bridge=False,
         )
         self.info |= {"encoder": "sam pyramid", "levels": chosen}
