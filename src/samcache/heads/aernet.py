@@ -251,19 +251,18 @@ class SamAerNet(AerFamily):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        widths = self.decoder_channels
-        chosen = pyramid_levels({"taps": tap_shapes}, levels, len(widths) + 1)
-        proj = scaled([*reversed(widths), widths[0]], self.width)
-        self.pyramid = SamPyramid({t: int(tap_shapes[t][0]) for t in chosen}, chosen, proj)
+        widths = scaled(self.decoder_channels, self.width)
+        self.pyramid = SamPyramid.under_decoder(tap_shapes, levels, widths)
+        proj = self.pyramid.widths
         self.build_decoder(
             proj[:-1],
-            int(tap_shapes[chosen[0]][-1]),
+            self.pyramid.finest_grid,
             n_outputs,
             out_size,
             bridge_in=proj[-1],
             pool_bridge=False,
         )
-        self.info |= {"encoder": "sam pyramid", "levels": chosen}
+        self.info |= {"encoder": "sam pyramid", "levels": self.pyramid.levels}
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         levels = self.pyramid(batch["taps"])

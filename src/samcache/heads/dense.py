@@ -187,7 +187,7 @@ class SamPyramid(nn.Module):
             )
         if len(widths) != len(levels):
             raise ValueError(f"{len(widths)} widths for the {len(levels)} pyramid levels {levels}")
-        self.levels = list(levels)
+        self.levels, self.widths = list(levels), list(widths)
         self.norms = nn.ModuleList(
             nn.BatchNorm2d(tap_channels[t], affine=False) for t in self.levels
         )
@@ -197,6 +197,23 @@ class SamPyramid(nn.Module):
             )
             for t, w in zip(self.levels, widths, strict=True)
         )
+
+    @classmethod
+    def under_decoder(
+        cls,
+        tap_shapes: Mapping[str, Sequence[int]],
+        levels: Sequence[str] | None,
+        decoder_widths: Sequence[int],
+    ) -> SamPyramid:
+        """The pyramid a U-Net decoder of ``decoder_widths`` (coarse to fine) reads: one skip
+        level per width, fine to coarse, then the bridge level (``levels`` or the method's
+        taps), each projected to the width of its decoder step (the bridge to the coarsest).
+        ``finest_grid`` is the side of the finest level."""
+        chosen = pyramid_levels({"taps": tap_shapes}, levels, len(decoder_widths) + 1)
+        widths = [*reversed(decoder_widths), decoder_widths[0]]
+        pyramid = cls({t: int(tap_shapes[t][0]) for t in chosen}, chosen, widths)
+        pyramid.finest_grid = int(tap_shapes[chosen[0]][-1])
+        return pyramid
 
     def forward(self, taps: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         return [

@@ -254,12 +254,11 @@ class SamSANet(SanetFamily):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        chosen = pyramid_levels({"taps": tap_shapes}, levels, len(decoder_channels) + 1)
+        widths = scaled(list(decoder_channels), width)
+        self.pyramid = SamPyramid.under_decoder(tap_shapes, levels, widths)
+        proj, chosen = self.pyramid.widths, self.pyramid.levels
         if self.shuffle:
             check_token_cells(tap_shapes, chosen, self.shuffle_grid, out_size)
-        widths = scaled(list(decoder_channels), width)
-        proj = [*reversed(widths), widths[0]]
-        self.pyramid = SamPyramid({t: int(tap_shapes[t][0]) for t in chosen}, chosen, proj)
         bridge = scaled(bridge_channels, width)
         self.bridge = Stage(proj[-1], bridge)
         self.decoder = Decoder(
@@ -268,11 +267,11 @@ class SamSANet(SanetFamily):
             widths,
             n_outputs,
             out_size,
-            n_free=free_steps(int(tap_shapes[chosen[0]][-1]), out_size[0]),
+            n_free=free_steps(self.pyramid.finest_grid, out_size[0]),
         )
         del self.decoder.head  # the superpixel attention module gives the logits
         self.sam = SuperpixelOutput(widths[-1], n_outputs, superpixel_mode)
-        self.levels, self.out_size = chosen, out_size
+        self.out_size = out_size
         self.info = {"levels": chosen, "superpixel_mode": superpixel_mode, **self.family_info}
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

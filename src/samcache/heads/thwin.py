@@ -37,7 +37,6 @@ from samcache.heads.dense import (
     ScratchEncoder,
     check_space,
     image_input,
-    pyramid_levels,
     scaled,
 )
 from samcache.heads.dense_blocks import Decoder, SpatialAttention, Stage, free_steps
@@ -248,11 +247,10 @@ class SamThwinUNet(ThwinFamily):
     ) -> None:
         super().__init__(**kwargs)
         k = sa_settings(spatial_attention, sa_kernel, "sam_thwin_unet")
-        chosen = pyramid_levels({"taps": tap_shapes}, levels, len(decoder_channels) + 1)
         widths = scaled(list(decoder_channels), width)
-        proj = [*reversed(widths), widths[0]]
         sa = {"spatial_attention": spatial_attention, "sa_kernel": k}
-        self.pyramid = SamPyramid({t: int(tap_shapes[t][0]) for t in chosen}, chosen, proj)
+        self.pyramid = SamPyramid.under_decoder(tap_shapes, levels, widths)
+        proj = self.pyramid.widths
         bridge = scaled(bridge_channels, width)
         self.bridge = Stage(proj[-1], bridge, **sa)
         self.decoder = Decoder(
@@ -261,10 +259,10 @@ class SamThwinUNet(ThwinFamily):
             widths,
             n_outputs,
             out_size,
-            n_free=free_steps(int(tap_shapes[chosen[0]][-1]), out_size[0]),
+            n_free=free_steps(self.pyramid.finest_grid, out_size[0]),
             **sa,
         )
-        self.info = {"spatial_attention": spatial_attention, "levels": chosen}
+        self.info = {"spatial_attention": spatial_attention, "levels": self.pyramid.levels}
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         levels = self.pyramid(batch["taps"])
